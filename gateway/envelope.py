@@ -1,0 +1,51 @@
+"""The adapter-independent envelope: what arrived, how, and from whom."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+
+class Channel(enum.StrEnum):
+    AS2 = "as2"
+    SFTP = "sftp"
+    EMAIL = "email"
+    FAX = "fax"
+    FILE = "file"
+
+
+def _frozen(m: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(m or {}))
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Raw bytes exactly as received plus the transport facts.
+
+    ``transport`` holds protocol facts (``as2_message_id``, ``mail_from``,
+    ``rcpt_to``, ``sftp_host``, ``sftp_path``, ``fax_caller``, ``filename`` ...).
+    ``sender`` holds identifiers of the sender as received (``as2_id``,
+    ``email``, ``fax``, ``sftp_drop``); the parsers add document-level ones later.
+    """
+
+    raw: bytes
+    channel: Channel
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    transport: Mapping[str, str] = field(default_factory=dict)
+    sender: Mapping[str, str] = field(default_factory=dict)
+    filename: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "transport", _frozen(self.transport))
+        object.__setattr__(self, "sender", _frozen(self.sender))
+        if self.received_at.tzinfo is None:
+            raise ValueError("received_at must be timezone-aware")
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
