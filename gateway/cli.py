@@ -1,0 +1,565 @@
+"""The ``gateway`` command line. Command and option names are fixed: scripts rely on them.
+
+Every failure is one clear line on stderr and a non-zero exit; a traceback is shown
+only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway import __version__
+from gateway.config import Config, load_config, parse_address
+from gateway.envelope import Channel, Envelope
+from gateway.errors import AdminError, GatewayError, Problem
+from gateway.record import InteractionRecord, Kind
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_REJECTED = 1  # some input was quarantined or refused
+EXIT_ERROR = 2  # the command could not run (bad arguments, broken configuration)
+EXIT_INTERNAL = 70
+
+
+class UsageError(Exception):
+    pass
+
+
+# ---- helpers ----------------------------------------------------------------------
+
+
+def _config_dir(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("GATEWAY_CONFIG") or "config")
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data or os.environ.get("GATEWAY_DATA") or "data")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config, _ = load_config(_config_dir(args))
+    return config
+
+
+def _open_pipeline(args: argparse.Namespace) -> Any:
+    from gateway.pipeline import Pipeline
+
+    return Pipeline.open(_load(args), _data_dir(args))
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int, label: str, stream: TextIO = sys.stderr) -> None:
+        self.total = total
+        self.label = label
+        self.stream = stream
+        self.enabled = stream.isatty() and total > 1
+        self.done = 0
+
+    def step(self) -> None:
+        self.done += 1
+        if self.enabled:
+            width = 30
+            filled = width * self.done // max(self.total, 1)
+            bar = "#" * filled + "-" * (width - filled)
+            self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def _summary(rec: InteractionRecord) -> str:
+    partner = rec.partner.id if rec.partner else "(unresolved)"
+    doc = " ".join(x for x in (rec.document.standard, rec.document.type, rec.document.control_number) if x)
+    refs = " ".join(f"{k}={v}" for k, v in rec.references.items())
+    when = rec.received_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    subject = f" {rec.subject!r}" if rec.subject else ""
+    return f"{rec.id}  {when}  {rec.channel:<5} {rec.kind.value:<15} {partner:<14} {doc}  {refs}{subject}".rstrip()
+
+
+def _show(rec: InteractionRecord) -> str:
+    data = rec.to_json()
+    out: list[str] = []
+    for key, value in data.items():
+        if key in {"lines", "parties", "attachments"}:
+            out.append(f"{key}: {len(value)}")
+            for item in value:
+                out.append("  - " + ", ".join(f"{k}={v}" for k, v in item.items() if v is not None))
+        elif isinstance(value, dict):
+            shown = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
+            out.append(f"{key}: {shown}")
+        else:
+            out.append(f"{key}: {value if value is not None else ''}")
+    if rec.body:
+        out.append("body:")
+        out.extend("  " + line for line in rec.body.splitlines()[:40])
+    return "\n".join(out)
+
+
+def _iter_paths(paths: Sequence[str]) -> Iterator[Path]:
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            yield path
+        else:
+            raise UsageError(f"{text}: no such file or directory")
+
+
+def _parse_since(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise UsageError(
+            f"--since {text!r}: use an ISO 8601 date or time, e.g. 2024-05-01 or 2024-05-01T12:00"
+        ) from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# ---- commands ---------------------------------------------------------------------
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from gateway.pipeline import ProcessResult
+
+    paths = list(_iter_paths(args.paths))
+    pipeline = _open_pipeline(args)
+    rejected = 0
+    progress = Progress(len(paths), "ingest")
+    try:
+        for path in paths:
+            channel = (
+                Channel(args.channel)
+                if args.channel
+                else (Channel.EMAIL if path.suffix.lower() == ".eml" else Channel.FILE)
+            )
+            raw = pipeline.accept(
+                Envelope(
+                    raw=path.read_bytes(),
+                    channel=channel,
+                    filename=path.name,
+                    transport={"path": str(path.resolve())},
+                )
+            )
+            claimed = pipeline.store.claim_id(raw.id, "ingest")
+            result: ProcessResult = pipeline.process(claimed or raw)
+            rejected += _report(result, path, args.json)
+            progress.step()
+    finally:
+        progress.close()
+        pipeline.close()
+    return EXIT_REJECTED if rejected else EXIT_OK
+
+
+def _report(result: Any, path: Path | None, as_json: bool) -> int:
+    from gateway.store import RawState
+
+    name = str(path) if path is not None else (result.raw.filename or result.raw.id)
+    if result.state == RawState.QUARANTINED and result.quarantine is not None:
+        q = result.quarantine
+        if as_json:
+            _emit({"quarantine": _quarantine_json(q), "file": name})
+        else:
+            print(f"{name}: quarantined {q.id} at {q.stage}: {q.reason}")
+        return 1
+    if result.state == RawState.DUPLICATE and not result.records:
+        if as_json:
+            _emit(
+                {
+                    "duplicate": {
+                        "raw_id": result.raw.id,
+                        "duplicate_of_raw": result.duplicate_of_raw,
+                        "duplicate_of": list(result.duplicate_records),
+                    },
+                    "file": name,
+                }
+            )
+        else:
+            print(f"{name}: duplicate of {result.duplicate_of_raw} (nothing new stored)")
+        return 0
+    for rec in result.records:
+        if as_json:
+            _emit(rec.to_json())
+        else:
+            print(_summary(rec))
+    for dup in result.duplicate_records:
+        if as_json:
+            _emit({"duplicate": {"raw_id": result.raw.id, "duplicate_of": [dup]}, "file": name})
+        else:
+            print(f"{name}: one document is a duplicate of interaction {dup}")
+    return 0
+
+
+def _quarantine_json(q: Any) -> dict[str, Any]:
+    return {
+        "id": q.id,
+        "raw_id": q.raw_id,
+        "stage": q.stage,
+        "reason": q.reason,
+        "created_at": q.created_at.isoformat(),
+        "channel": q.channel,
+        "filename": q.filename,
+        "raw_sha256": q.raw_sha256,
+        "replays": q.replays,
+        "resolved_at": q.resolved_at.isoformat() if q.resolved_at else None,
+    }
+
+
+def cmd_interactions(args: argparse.Namespace) -> int:
+    from gateway.store import Store
+
+    config = _load(args)
+    store = _store(config, args)
+    try:
+        if args.action == "show":
+            rec = store.get_interaction(args.id)
+            if rec is None:
+                raise UsageError(f"no interaction {args.id}")
+            if args.json:
+                _emit(rec.to_json())
+            else:
+                print(_show(rec))
+            return EXIT_OK
+        if args.kind and args.kind not in {k.value for k in Kind}:
+            raise UsageError(f"--kind {args.kind!r}: one of {', '.join(k.value for k in Kind)}")
+        records = store.list_interactions(
+            partner=args.partner,
+            channel=args.channel,
+            kind=args.kind,
+            since=_parse_since(args.since) if args.since else None,
+            limit=args.limit,
+        )
+        for rec in records:
+            if args.json:
+                _emit(rec.to_json())
+            else:
+                print(_summary(rec))
+        return EXIT_OK
+    finally:
+        Store.close(store)
+
+
+def _store(config: Config, args: argparse.Namespace) -> Any:
+    from gateway.store import Store
+
+    url = config.settings.store_url
+    if config.settings.store_url_secret is not None:
+        url = config.settings.store_url_secret.read()
+    data = _data_dir(args)
+    data.mkdir(parents=True, exist_ok=True)
+    store = Store(url) if url else Store.for_data_dir(data)
+    store.migrate()
+    return store
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    store = _store(_load(args), args)
+    try:
+        entries = store.list_quarantine(include_resolved=args.all)
+        for q in entries:
+            if args.json:
+                _emit(_quarantine_json(q))
+            else:
+                name = q.filename or q.raw_id
+                print(
+                    f"{q.id}  {q.created_at:%Y-%m-%d %H:%M:%S}  {q.channel:<5} {name}  [{q.stage}] {q.reason}"
+                )
+        return EXIT_OK
+    finally:
+        store.close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if not args.all and not args.id:
+        raise UsageError("give a quarantine id (or raw message id), or --all")
+    pipeline = _open_pipeline(args)
+    try:
+        if args.all:
+            raw_ids = [q.raw_id for q in pipeline.store.list_quarantine()]
+        else:
+            entry = pipeline.store.get_quarantine(args.id)
+            raw_ids = [entry.raw_id if entry is not None else args.id]
+            if entry is None and pipeline.store.get_raw(args.id) is None:
+                raise UsageError(f"no quarantine entry or raw message {args.id}")
+        rejected = 0
+        progress = Progress(len(raw_ids), "replay")
+        for raw_id in raw_ids:
+            result = pipeline.replay(raw_id)
+            rejected += _report(result, None, args.json)
+            progress.step()
+        progress.close()
+        if not raw_ids and not args.json:
+            print("quarantine is empty")
+        return EXIT_REJECTED if rejected else EXIT_OK
+    finally:
+        pipeline.close()
+
+
+def cmd_mapping_check(args: argparse.Namespace) -> int:
+    from gateway.mapping import check_mapping_files
+
+    if args.files:
+        files = [Path(f) for f in args.files]
+    else:
+        files = sorted(_load(args).settings.mappings_dir.glob("*.xml"))
+    problems = check_mapping_files(files)
+    for problem in problems:
+        print(str(problem), file=sys.stderr)
+    if not problems:
+        print(f"{len(files)} mapping file(s) OK")
+    return EXIT_REJECTED if problems else EXIT_OK
+
+
+def cmd_mapping_test(args: argparse.Namespace) -> int:
+    from gateway.mapping import test_mapping
+    from gateway.parsers.detect import parse_document
+    from gateway.record import Direction
+
+    sample = Path(args.sample)
+    data = sample.read_bytes()
+    channel = args.channel or ("email" if sample.suffix.lower() == ".eml" else "file")
+    units = list(parse_document(data, channel=channel, filename=sample.name))
+    results = test_mapping(Path(args.mapping), units)
+    for unit, result in zip(units, results, strict=True):
+        preview = InteractionRecord(
+            id="(preview)",
+            channel=channel,
+            direction=Direction.INBOUND,
+            kind=result.kind,
+            received_at=datetime.now(UTC),
+            raw_sha256="0" * 64,
+            sender=dict(unit.sender),
+            occurred_at=result.occurred_at,
+            document=result.document,
+            subject=result.subject,
+            references=result.references,
+            currency=result.currency,
+            total_amount=result.total_amount,
+            lines=result.lines,
+            parties=result.parties,
+            mapping=result.mapping,
+            body=result.body,
+        )
+        if args.json:
+            _emit(preview.to_json())
+        else:
+            print(_show(preview))
+            print()
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from gateway.mapping import check_mapping_files
+
+    directory = _config_dir(args)
+    config, problems = load_config(directory, strict=False)
+    problems = list(problems)
+    if config.settings.mappings_dir.is_dir():
+        problems.extend(check_mapping_files(sorted(config.settings.mappings_dir.glob("*.xml"))))
+    for problem in problems:
+        print(str(problem), file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {directory}", file=sys.stderr)
+        return EXIT_REJECTED
+    print(f"{directory}: OK ({len(config.partners)} partner profile(s))")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from adapters import Adapter, RunOptions, factories
+    from gateway.pipeline import Pipeline
+
+    for flag in ("as2", "smtp", "sftp"):
+        value = getattr(args, flag)
+        if value:
+
+            def bad(reason: str, flag: str = flag) -> None:
+                raise UsageError(f"--{flag}: {reason}")
+
+            parse_address(value, 0, bad)
+    config = _load(args)
+    data = _data_dir(args)
+    pipeline = Pipeline.open(config, data)
+    options = RunOptions(
+        data_dir=str(data),
+        as2=args.as2,
+        smtp=args.smtp,
+        sftp=args.sftp,
+        no_as2=args.no_as2,
+        no_smtp=args.no_smtp,
+        no_sftp=args.no_sftp,
+    )
+    stop = threading.Event()
+    started: list[Adapter] = []
+
+    def _stop(signum: int, frame: object) -> None:
+        del frame
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        pipeline.recover()
+        for name, factory in factories().items():
+            adapter = factory(config, options)
+            if adapter is None:
+                continue
+            adapter.start(pipeline.accept)
+            started.append(adapter)
+            print(f"started {name}: {adapter.describe()}", flush=True)
+        for channel in ("as2", "smtp", "sftp"):
+            if not getattr(args, f"no_{channel}"):
+                print(f"{channel}: no listener in this version (see the issue tracker)", flush=True)
+        workers = [
+            threading.Thread(target=pipeline.run_worker, args=(stop, f"worker-{i}"), daemon=True)
+            for i in range(config.settings.processing.workers)
+        ]
+        for worker in workers:
+            worker.start()
+        print(f"gateway running: config {config.directory}, data {data.resolve()}; Ctrl-C stops", flush=True)
+        if args.once:
+            pipeline.drain("once")
+            stop.set()
+        while not stop.wait(0.5):
+            pass
+        for worker in workers:
+            worker.join(timeout=30)
+    finally:
+        for adapter in started:
+            adapter.stop()
+        pipeline.close()
+    return EXIT_OK
+
+
+# ---- argument parsing -------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="B2B channel gateway")
+    p.add_argument("--version", action="version", version=f"gateway {__version__}")
+    p.add_argument(
+        "--config", metavar="DIR", help="configuration directory (env GATEWAY_CONFIG, default ./config)"
+    )
+    p.add_argument("--data", metavar="DIR", help="data directory (env GATEWAY_DATA, default ./data)")
+    p.add_argument("--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "WARNING"))
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="start everything configured and process the inbox")
+    for flag in ("as2", "smtp", "sftp"):
+        run.add_argument(
+            f"--{flag}", metavar="HOST:PORT", help=f"override the configured {flag} listener address"
+        )
+        run.add_argument(f"--no-{flag}", action="store_true", help=f"do not start the {flag} listener")
+    run.add_argument("--once", action="store_true", help="process what is in the inbox, then exit")
+    run.set_defaults(func=cmd_run, log_default="INFO")
+
+    ingest = sub.add_parser("ingest", help="take files in as if they arrived on a channel")
+    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    ingest.add_argument("--channel", choices=[c.value for c in Channel])
+    ingest.add_argument("--json", action="store_true")
+    ingest.set_defaults(func=cmd_ingest)
+
+    inter = sub.add_parser("interactions", help="list interactions, or show one")
+    inter.add_argument("--partner")
+    inter.add_argument("--channel", choices=[c.value for c in Channel])
+    inter.add_argument("--kind")
+    inter.add_argument("--since", metavar="T", help="ISO 8601 date or time")
+    inter.add_argument("--limit", type=int, metavar="N")
+    inter.add_argument("--json", action="store_true")
+    inter.set_defaults(func=cmd_interactions, action="list")
+    inter_sub = inter.add_subparsers(dest="action", metavar="ACTION")
+    show = inter_sub.add_parser("show", help="one interaction in full")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+
+    quar = sub.add_parser("quarantine", help="list quarantined messages")
+    quar.add_argument("--all", action="store_true", help="include resolved entries")
+    quar.add_argument("--json", action="store_true")
+    quar.set_defaults(func=cmd_quarantine)
+
+    replay = sub.add_parser("replay", help="process quarantined messages again")
+    replay.add_argument("id", nargs="?")
+    replay.add_argument("--all", action="store_true")
+    replay.add_argument("--json", action="store_true")
+    replay.set_defaults(func=cmd_replay)
+
+    mapping = sub.add_parser("mapping", help="check and try mapping files")
+    msub = mapping.add_subparsers(dest="action", metavar="ACTION", required=True)
+    mcheck = msub.add_parser("check", help="validate mapping files (all shipped ones by default)")
+    mcheck.add_argument("files", nargs="*", metavar="FILE")
+    mcheck.set_defaults(func=cmd_mapping_check)
+    mtest = msub.add_parser("test", help="the record a mapping would produce from a sample")
+    mtest.add_argument("mapping", metavar="MAPPING")
+    mtest.add_argument("sample", metavar="SAMPLE")
+    mtest.add_argument("--channel", choices=[c.value for c in Channel])
+    mtest.add_argument("--json", action="store_true")
+    mtest.set_defaults(func=cmd_mapping_test)
+
+    config = sub.add_parser("config", help="check the configuration")
+    csub = config.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ccheck = csub.add_parser("check", help="report every problem in the configuration at once")
+    ccheck.set_defaults(func=cmd_config_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = (
+        args.log_level
+        if "--log-level" in (argv or sys.argv)
+        else getattr(args, "log_default", args.log_level)
+    )
+    logging.basicConfig(
+        level=getattr(logging, str(level).upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except AdminError as exc:
+        for problem in exc.problems:
+            print(f"gateway: {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    except (GatewayError, UsageError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"gateway: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # the last line of defence: never a traceback to a user
+        if args.debug:
+            raise
+        print(
+            f"gateway: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def problems_text(problems: Sequence[Problem]) -> str:
+    return "\n".join(str(p) for p in problems)

@@ -1,0 +1,381 @@
+"""The way a message goes: accept durably, then detect, parse, map, validate, store.
+
+:meth:`Pipeline.accept` is what adapters call before they acknowledge anything: when
+it returns, the raw bytes are in the archive and the inbox row is committed.
+:meth:`Pipeline.process` takes one inbox row through every stage; whatever fails is
+quarantined with its stage and reason, so nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.archive import Archive
+from gateway.config import Config
+from gateway.envelope import Envelope
+from gateway.errors import GatewayError, InputError, Stage, StoreUnavailable, TooLarge
+from gateway.logs import for_message
+from gateway.mapping import MappingRegistry, MappingResult
+from gateway.parsers.base import DocumentUnit
+from gateway.parsers.detect import parse_document
+from gateway.partners import PartnerDirectory
+from gateway.record import (
+    Attachment,
+    Direction,
+    InteractionRecord,
+    PartnerRef,
+    Status,
+)
+from gateway.record_xml import validate_record
+from gateway.store import PartnerRow, QuarantineEntry, RawMessage, RawState, Store, StoreOutcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, for ``bench/`` and ``gateway run --stats``."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    units: int = 0
+
+    def add(self, stage: Stage, seconds: float) -> None:
+        self.seconds[stage.value] = self.seconds.get(stage.value, 0.0) + seconds
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    raw: RawMessage
+    state: RawState
+    records: tuple[InteractionRecord, ...] = ()
+    duplicate_records: tuple[str, ...] = ()
+    duplicate_of_raw: str | None = None
+    quarantine: QuarantineEntry | None = None
+
+
+class _Clock:
+    def __init__(self, times: StageTimes) -> None:
+        self.times = times
+
+    def timed(self, stage: Stage, fn: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.times.add(stage, time.perf_counter() - start)
+
+
+class QuarantineSignal(Exception):  # a control-flow signal inside the pipeline, never seen by callers
+    def __init__(self, stage: Stage, reason: str) -> None:
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+
+
+def dedup_key(unit: DocumentUnit, partner: PartnerRef | None, raw_sha256: str) -> str:
+    """What makes a document "the same document" when it is sent again.
+
+    EDI: the same sender's interchange control number plus the group and set control
+    numbers (a resent interchange carries the same numbers). E-mail: the Message-ID
+    from the same sender. Anything else: the raw bytes and the unit's position.
+    """
+    who = partner.id if partner is not None else _first_identity(unit.sender) or "unknown"
+    if unit.standard in {"X12", "EDIFACT"} and unit.interchange_control_number:
+        return "|".join(
+            (
+                unit.standard,
+                who,
+                unit.interchange_control_number,
+                unit.group_control_number,
+                unit.control_number,
+                unit.doc_type,
+            )
+        )
+    if unit.standard in {"EMAIL", "FAX"} and unit.control_number:
+        return f"{unit.standard}|{who}|{unit.control_number}"
+    return f"RAW|{raw_sha256}|{unit.index}"
+
+
+def _first_identity(ids: Mapping[str, str]) -> str:
+    return next((f"{k}:{v}" for k, v in sorted(ids.items()) if v), "")
+
+
+def _flatten(units: Iterator[DocumentUnit]) -> Iterator[tuple[DocumentUnit, DocumentUnit | None]]:
+    """Each unit, then the documents found inside it (e-mail attachments), with their parent."""
+    for unit in units:
+        yield unit, None
+        stack = [(child, unit) for child in reversed(unit.children)]
+        while stack:
+            child, parent = stack.pop()
+            yield child, parent
+            stack.extend((grand, child) for grand in reversed(child.children))
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        archive: Archive,
+        registry: MappingRegistry,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.archive = archive
+        self.registry = registry
+        self.partners = PartnerDirectory(config.partners)
+        self.times = StageTimes()
+        self._reload_lock = threading.Lock()
+        self._next_reload = 0.0
+
+    # ---- set-up ---------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, config: Config, data_dir: Path) -> Pipeline:
+        """Open the store (migrating it), the archive and the mappings for ``config``."""
+        url = config.settings.store_url
+        if config.settings.store_url_secret is not None:
+            url = config.settings.store_url_secret.read()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(url) if url else Store.for_data_dir(data_dir)
+        store.migrate()
+        store.sync_partners([PartnerRow(p.id, p.name, p.identities) for p in config.partners if p.active])
+        registry = MappingRegistry(config.settings.mappings_dir)
+        for problem in registry.load():
+            log.warning("mapping file problem: %s", problem)
+        return cls(config, store, Archive(data_dir / "archive"), registry)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ---- durable acceptance ---------------------------------------------------------
+
+    def accept(self, envelope: Envelope) -> RawMessage:
+        """Archive the raw bytes and commit the inbox row. Only then may the sender be told.
+
+        Raises :class:`TooLarge` (refuse permanently) or :class:`StoreUnavailable`
+        (tell the sender to retry); anything else is a bug and also means "not accepted".
+        """
+        limit = self.config.settings.limits.max_message_bytes
+        if envelope.size > limit:
+            raise TooLarge(f"message of {envelope.size} bytes exceeds the limit of {limit} bytes")
+        start = time.perf_counter()
+        sha = self.archive.put(envelope.raw)
+        self.times.add(Stage.ARCHIVE, time.perf_counter() - start)
+        start = time.perf_counter()
+        try:
+            raw = self.store.add_raw(envelope, sha)
+        finally:
+            self.times.add(Stage.RECEIVE, time.perf_counter() - start)
+        for_message(log, envelope.id, envelope.channel.value).info(
+            "accepted %d bytes sha256=%s", envelope.size, sha
+        )
+        return raw
+
+    # ---- processing -----------------------------------------------------------------
+
+    def maybe_reload_mappings(self) -> None:
+        now = time.monotonic()
+        if now < self._next_reload:
+            return
+        with self._reload_lock:
+            if now < self._next_reload:
+                return
+            self._next_reload = now + self.config.settings.processing.mapping_reload_seconds
+            for problem in self.registry.reload_if_changed():
+                log.error("mapping file rejected, last good version stays active: %s", problem)
+
+    def process(self, raw: RawMessage) -> ProcessResult:
+        """Take one claimed inbox row through every stage. Never raises for bad input."""
+        mlog = for_message(log, raw.id, raw.channel)
+        self.maybe_reload_mappings()
+        first = self.store.first_raw_with_sha(raw.sha256, exclude=raw.id)
+        if first is not None:
+            self.store.mark_duplicate(raw.id, first.id)
+            mlog.info("same bytes as %s: recorded as duplicate", first.id)
+            return ProcessResult(raw, RawState.DUPLICATE, duplicate_of_raw=first.id)
+        try:
+            records = self._build_records(raw)
+        except QuarantineSignal as signal:
+            entry = self.store.quarantine(raw.id, signal.stage.value, signal.reason)
+            mlog.warning("quarantined at %s: %s", signal.stage.value, signal.reason)
+            return ProcessResult(raw, RawState.QUARANTINED, quarantine=entry)
+        start = time.perf_counter()
+        try:
+            outcome: StoreOutcome = self.store.store_interactions(raw.id, records)
+        except StoreUnavailable:
+            raise
+        except GatewayError as exc:
+            entry = self.store.quarantine(raw.id, Stage.STORE.value, exc.message)
+            return ProcessResult(raw, RawState.QUARANTINED, quarantine=entry)
+        finally:
+            self.times.add(Stage.STORE, time.perf_counter() - start)
+        stored_ids = {r.record_id for r in outcome.records if r.duplicate_of is None}
+        dup_ids = tuple(r.duplicate_of for r in outcome.records if r.duplicate_of is not None)
+        stored = tuple(rec for rec, _ in records if rec.id in stored_ids)
+        mlog.info("stored %d interaction(s), %d already on file", len(stored), len(dup_ids))
+        return ProcessResult(
+            raw,
+            outcome.state,
+            records=stored,
+            duplicate_records=dup_ids,
+            duplicate_of_raw=outcome.duplicate_of_raw,
+        )
+
+    def _build_records(self, raw: RawMessage) -> list[tuple[InteractionRecord, str]]:
+        times = self.times
+        try:
+            data = self.archive.get(raw.sha256)
+        except OSError as exc:
+            raise QuarantineSignal(
+                Stage.ARCHIVE, f"raw message missing from the archive: {exc.strerror}"
+            ) from exc
+        facts = dict(raw.transport)
+        start = time.perf_counter()
+        stage = Stage.DETECT
+        records: list[tuple[InteractionRecord, str]] = []
+        ids_by_unit: dict[int, str] = {}
+        try:
+            units = _flatten(parse_document(data, channel=raw.channel, filename=raw.filename, facts=facts))
+            stage = Stage.PARSE
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    unit, parent = next(units)
+                except StopIteration:
+                    times.add(Stage.PARSE, time.perf_counter() - t0)
+                    break
+                times.add(Stage.PARSE, time.perf_counter() - t0)
+                stage = Stage.MAP
+                record, key = self._record_for(raw, unit, parent, ids_by_unit)
+                records.append((record, key))
+                times.units += 1
+                stage = Stage.PARSE
+        except InputError as exc:
+            raise QuarantineSignal(exc.stage or stage, exc.message) from exc
+        except GatewayError as exc:
+            raise QuarantineSignal(exc.stage or stage, exc.message) from exc
+        except (ValueError, LookupError, TypeError, RecursionError) as exc:
+            # A parser or mapping bug must not lose the message: keep it, say what happened.
+            log.exception("unexpected failure at %s for %s", stage.value, raw.id)
+            raise QuarantineSignal(
+                stage, f"internal error at {stage.value}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not records:
+            raise QuarantineSignal(Stage.PARSE, "the message holds no business document")
+        del start
+        return records
+
+    def _record_for(
+        self,
+        raw: RawMessage,
+        unit: DocumentUnit,
+        parent: DocumentUnit | None,
+        ids_by_unit: dict[int, str],
+    ) -> tuple[InteractionRecord, str]:
+        partner = self.partners.resolve(unit.sender, raw.sender)
+        t0 = time.perf_counter()
+        mapping = self.registry.select(unit, channel=raw.channel, partner=partner.id if partner else None)
+        result: MappingResult = mapping.apply(unit)
+        self.times.add(Stage.MAP, time.perf_counter() - t0)
+        sender = dict(raw.sender)
+        sender.update({k: v for k, v in unit.sender.items() if v})
+        references = dict(result.references)
+        if parent is not None and id(parent) in ids_by_unit:
+            references.setdefault("in_message", ids_by_unit[id(parent)])
+        record = InteractionRecord(
+            id=uuid.uuid4().hex,
+            channel=raw.channel,
+            direction=Direction.INBOUND,
+            kind=result.kind,
+            received_at=raw.received_at,
+            raw_sha256=raw.sha256,
+            status=Status.RECEIVED if partner is not None else Status.UNRESOLVED,
+            partner=partner,
+            sender=sender,
+            occurred_at=result.occurred_at,
+            document=result.document,
+            subject=result.subject,
+            references=references,
+            currency=result.currency,
+            total_amount=result.total_amount,
+            lines=result.lines,
+            parties=result.parties,
+            attachments=tuple(
+                Attachment(
+                    filename=str(a["filename"]) if a.get("filename") else None,
+                    media_type=str(a.get("media_type") or "application/octet-stream"),
+                    size=int(a.get("size") or 0),
+                    sha256=str(a["sha256"]),
+                )
+                for a in unit.attachments
+            ),
+            mapping=result.mapping,
+            body=result.body,
+        )
+        ids_by_unit[id(unit)] = record.id
+        t0 = time.perf_counter()
+        validate_record(record)
+        self.times.add(Stage.VALIDATE, time.perf_counter() - t0)
+        return record, dedup_key(unit, partner, raw.sha256)
+
+    # ---- the inbox worker -----------------------------------------------------------
+
+    def recover(self) -> int:
+        """At start: claims left by a crashed process go back to the queue."""
+        count = self.store.recover()
+        if count:
+            log.warning("recovered %d message(s) left in processing by an earlier run", count)
+        return count
+
+    def drain(self, worker: str = "cli", on_result: Callable[[ProcessResult], None] | None = None) -> int:
+        """Process every pending inbox row; return how many were processed."""
+        done = 0
+        while True:
+            batch = self.store.claim(worker, limit=16)
+            if not batch:
+                return done
+            for raw in batch:
+                result = self.process(raw)
+                done += 1
+                if on_result is not None:
+                    on_result(result)
+
+    def run_worker(self, stop: threading.Event, worker: str | None = None) -> None:
+        """Claim and process inbox rows until ``stop`` is set."""
+        name = worker or f"worker-{uuid.uuid4().hex[:8]}"
+        interval = self.config.settings.processing.poll_interval
+        stale = self.config.settings.processing.stale_claim_seconds
+        next_stale_check = 0.0
+        while not stop.is_set():
+            try:
+                if time.monotonic() >= next_stale_check:
+                    from datetime import timedelta
+
+                    self.store.recover(older_than=timedelta(seconds=stale))
+                    next_stale_check = time.monotonic() + stale / 2
+                if self.drain(name) == 0:
+                    stop.wait(interval)
+            except StoreUnavailable as exc:
+                log.error("store unavailable, retrying in %.0fs: %s", interval * 10, exc.message)
+                stop.wait(interval * 10)
+
+    def replay(self, raw_id: str) -> ProcessResult:
+        """Run a quarantined message again with today's mappings and profiles."""
+        self.store.requeue(raw_id)
+        claimed = [r for r in self.store.claim(f"replay-{raw_id[:8]}", limit=1_000) if r.id == raw_id]
+        raw = claimed[0] if claimed else self.store.get_raw(raw_id)
+        if raw is None:
+            raise InputError(f"no raw message {raw_id}")
+        return self.process(raw)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
