@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.archive import Archive
+from gateway.config import PartnerProfile
+from gateway.errors import StoreUnavailable
+from gateway.partners import PartnerDirectory
+
+
+def test_archive_is_content_addressed_and_idempotent(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "a")
+    data = b"ISA*00*...~"
+    digest = archive.put(data)
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert archive.put(data) == digest
+    assert archive.get(digest) == data
+    assert archive.path_for(digest).parent.parent.name == digest[:2]
+    leftovers = [p for p in (tmp_path / "a").rglob(".incoming-*")]
+    assert leftovers == []
+
+
+def test_archive_streams_files(tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    digest, size = Archive(tmp_path / "a").put_file(src)
+    assert size == src.stat().st_size
+    assert digest == hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def test_archive_failure_is_temporary_when_path_is_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "a"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreUnavailable, match="cannot write to the archive"):
+        Archive(blocker).put(b"x")
+
+
+def _profile(pid: str, *idents: tuple[str, str]) -> PartnerProfile:
+    return PartnerProfile(id=pid, name=pid.title(), source=Path(f"{pid}.toml"), identities=idents)
+
+
+def test_partner_resolution_precedence() -> None:
+    directory = PartnerDirectory(
+        [
+            _profile("acme", ("x12", "ZZ:ACME"), ("email_domain", "acme.test")),
+            _profile("bob", ("email", "bob@acme.test")),
+        ]
+    )
+    assert directory.resolve({"x12": "zz:acme"}).id == "acme"  # type: ignore[union-attr]
+    # an exact address beats its domain
+    assert directory.resolve({"email": "Bob@ACME.test"}).id == "bob"  # type: ignore[union-attr]
+    assert directory.resolve({"email": "carol@acme.test"}).id == "acme"  # type: ignore[union-attr]
+    # the document's own identifiers beat the transport's
+    assert directory.resolve({"x12": "ZZ:ACME"}, {"email": "bob@acme.test"}).id == "acme"  # type: ignore[union-attr]
+    assert directory.resolve({"x12": "ZZ:NOBODY"}) is None
+
+
+def test_inactive_partner_is_not_resolved() -> None:
+    inactive = PartnerProfile(
+        id="old", name="Old", source=Path("old.toml"), identities=(("as2", "OLD"),), active=False
+    )
+    assert PartnerDirectory([inactive]).resolve({"as2": "OLD"}) is None
