@@ -57,7 +57,8 @@ def test_every_problem_is_reported_at_once(cfg: Path) -> None:
 def test_toml_syntax_error_has_line(cfg: Path) -> None:
     (cfg / "gateway.toml").write_text('[gateway]\nname = "x"\nas2_id = \n')
     _, problems = load_config(cfg, strict=False)
-    assert problems and problems[0].line == 3
+    assert problems
+    assert problems[0].line == 3
 
 
 def test_duplicate_identity_across_partners(cfg: Path) -> None:
