@@ -43,7 +43,8 @@ class FileDrop:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def poll_once(self, accept: Accept) -> int:
+    def poll_once(self, accept: Accept, *, force: bool = False) -> int:
+        """Take every settled file; ``force`` takes every file now (``gateway run --once``)."""
         taken = 0
         ticks = int(self.settle / self.interval) if self.interval else 1
         for path in sorted(self.folder.iterdir()):
@@ -52,6 +53,8 @@ class FileDrop:
             st = path.stat()
             key = (st.st_size, st.st_mtime_ns)
             prev = self._seen.get(path)
+            if force:
+                prev = (*key, ticks)
             if prev is None or prev[:2] != key:
                 self._seen[path] = (*key, 0)
                 continue

@@ -421,8 +421,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         pipeline.recover()
-        for name, factory in factories().items():
-            adapter = factory(config, options)
+        adapters = [(name, factory(config, options)) for name, factory in factories().items()]
+        if args.once:
+            # One pass, in the foreground: what is in the drop folder now, then the inbox.
+            for _, adapter in adapters:
+                poll = getattr(adapter, "poll_once", None)
+                if poll is not None:
+                    poll(pipeline.accept, force=True)
+            done = pipeline.drain("once")
+            print(f"gateway ran once: processed {done} message(s)", flush=True)
+            return EXIT_OK
+        for name, adapter in adapters:
             if adapter is None:
                 continue
             adapter.start(pipeline.accept)
@@ -430,7 +439,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"started {name}: {adapter.describe()}", flush=True)
         for channel in ("as2", "smtp", "sftp"):
             if not getattr(args, f"no_{channel}"):
-                print(f"{channel}: no listener in this version (see the issue tracker)", flush=True)
+                print(f"{channel}: no listener in this version yet (see the issue tracker)", flush=True)
         workers = [
             threading.Thread(target=pipeline.run_worker, args=(stop, f"worker-{i}"), daemon=True)
             for i in range(config.settings.processing.workers)
@@ -438,9 +447,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         for worker in workers:
             worker.start()
         print(f"gateway running: config {config.directory}, data {data.resolve()}; Ctrl-C stops", flush=True)
-        if args.once:
-            pipeline.drain("once")
-            stop.set()
         while not stop.wait(0.5):
             pass
         for worker in workers:

@@ -1,0 +1,230 @@
+"""The pipeline end to end on the embedded store: durability, dedup, quarantine, replay."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.envelope import Channel, Envelope
+from gateway.errors import StoreUnavailable, TooLarge
+from gateway.pipeline import Pipeline
+from gateway.record import Kind, Status
+from gateway.store import RawState, Store
+from tests.conftest import REPO
+from tests.helpers import copy_config, x12_850, x12_940
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    return copy_config(tmp_path / "config")
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, config_dir: Path) -> Pipeline:
+    config, _ = load_config(config_dir)
+    pipe = Pipeline.open(config, tmp_path / "data")
+    yield pipe  # type: ignore[misc]
+    pipe.close()
+
+
+def _ingest(pipe: Pipeline, data: bytes, name: str = "po.edi", channel: Channel = Channel.FILE):  # type: ignore[no-untyped-def]
+    raw = pipe.accept(Envelope(raw=data, channel=channel, filename=name))
+    claimed = pipe.store.claim_id(raw.id, "test")
+    assert claimed is not None
+    return pipe.process(claimed)
+
+
+def test_accept_is_durable_before_it_returns(pipeline: Pipeline, tmp_path: Path) -> None:
+    raw = pipeline.accept(Envelope(raw=x12_850(), channel=Channel.FILE, filename="po.edi"))
+    # a second, independent connection sees the committed row, and the bytes are on disk
+    other = Store.for_data_dir(tmp_path / "data")
+    try:
+        seen = other.get_raw(raw.id)
+        assert seen is not None
+        assert seen.state == RawState.RECEIVED
+    finally:
+        other.close()
+    assert pipeline.archive.get(raw.sha256) == x12_850()
+
+
+def test_order_is_stored_with_partner_and_mapping(pipeline: Pipeline) -> None:
+    result = _ingest(pipeline, x12_850(po="PO-77"))
+    assert result.state == RawState.STORED
+    (rec,) = result.records
+    assert rec.kind == Kind.ORDER
+    assert rec.partner is not None
+    assert rec.partner.id == "demo"
+    assert rec.status == Status.RECEIVED
+    assert rec.references["po_number"] == "PO-77"
+    assert rec.document.standard == "X12"
+    assert rec.document.type == "850"
+    assert rec.mapping is not None
+    assert rec.mapping.file.endswith(".xml")
+    assert len(rec.mapping.sha256) == 64
+    stored = pipeline.store.get_interaction(rec.id)
+    assert stored is not None
+    assert stored.lines[0].quantity is not None
+    assert str(stored.lines[0].quantity) == "3"
+
+
+def test_unknown_sender_is_stored_unresolved(pipeline: Pipeline) -> None:
+    result = _ingest(pipeline, x12_850(sender="STRANGER"))
+    (rec,) = result.records
+    assert rec.partner is None
+    assert rec.status == Status.UNRESOLVED
+    assert rec.sender["x12"] == "ZZ:STRANGER"
+
+
+def test_same_bytes_twice_is_one_interaction(pipeline: Pipeline) -> None:
+    first = _ingest(pipeline, x12_850())
+    second = _ingest(pipeline, x12_850())
+    assert second.state == RawState.DUPLICATE
+    assert second.duplicate_of_raw == first.raw.id
+    assert len(pipeline.store.list_interactions()) == 1
+
+
+def test_same_interchange_in_other_bytes_is_a_duplicate(pipeline: Pipeline) -> None:
+    first = _ingest(pipeline, x12_850(icn=42))
+    resend = x12_850(icn=42).replace(b"~\n", b"~\r\n")  # same interchange, re-wrapped by the sender
+    second = _ingest(pipeline, resend)
+    assert second.state == RawState.DUPLICATE
+    assert second.duplicate_records == (first.records[0].id,)
+    assert len(pipeline.store.list_interactions()) == 1
+    # another control number is another interchange
+    assert _ingest(pipeline, x12_850(icn=43)).state == RawState.STORED
+
+
+def test_parse_failure_is_quarantined_with_position(pipeline: Pipeline) -> None:
+    bad = x12_850().replace(b"SE*7*0001", b"SE*9*0001")
+    result = _ingest(pipeline, bad)
+    assert result.state == RawState.QUARANTINED
+    assert result.quarantine is not None
+    assert result.quarantine.stage == "parse"
+    assert "SE01" in result.quarantine.reason
+    assert "segment" in result.quarantine.reason
+    assert pipeline.store.list_interactions() == []
+
+
+def test_quarantine_then_replay_with_a_fixed_mapping(tmp_path: Path) -> None:
+    mappings = tmp_path / "mappings"
+    shutil.copytree(REPO / "mappings", mappings)
+    fallback = [p for p in mappings.glob("*.xml") if "fallback" in p.name or "other" in p.name]
+    assert fallback, "expected a fallback mapping for unknown sets"
+    saved = {p: p.read_bytes() for p in fallback}
+    for p in fallback:
+        p.unlink()
+    config, _ = load_config(copy_config(tmp_path / "config", mappings=mappings))
+    pipe = Pipeline.open(config, tmp_path / "data")
+    try:
+        result = _ingest(pipe, x12_940())
+        assert result.state == RawState.QUARANTINED
+        assert result.quarantine is not None
+        assert result.quarantine.stage == "map"
+        assert "940" in result.quarantine.reason
+        for p, data in saved.items():
+            p.write_bytes(data)
+        pipe._next_reload = 0.0  # the file watcher would see it within a second
+        replayed = pipe.replay(result.raw.id)
+        assert replayed.state == RawState.STORED
+        assert replayed.records[0].kind == Kind.OTHER
+        assert pipe.store.list_quarantine() == []
+        assert len(pipe.store.list_quarantine(include_resolved=True)) == 1
+    finally:
+        pipe.close()
+
+
+def test_too_large_is_refused_before_anything_is_stored(pipeline: Pipeline) -> None:
+    limit = pipeline.config.settings.limits.max_message_bytes
+    with pytest.raises(TooLarge):
+        pipeline.accept(Envelope(raw=b"x" * (limit + 1), channel=Channel.FILE))
+    assert pipeline.store.counts().get("raw_received", 0) == 0
+
+
+def test_archive_failure_means_not_accepted(tmp_path: Path, config_dir: Path) -> None:
+    config, _ = load_config(config_dir)
+    pipe = Pipeline.open(config, tmp_path / "data")
+    try:
+        shutil.rmtree(tmp_path / "data" / "archive", ignore_errors=True)
+        (tmp_path / "data" / "archive").write_text("in the way")
+        with pytest.raises(StoreUnavailable):
+            pipe.accept(Envelope(raw=x12_850(), channel=Channel.FILE))
+        assert pipe.store.pending_count() == 0
+    finally:
+        pipe.close()
+
+
+CRASHER = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from gateway.config import load_config
+    from gateway.envelope import Channel, Envelope
+    from gateway.pipeline import Pipeline
+    config, _ = load_config(Path(sys.argv[1]))
+    pipe = Pipeline.open(config, Path(sys.argv[2]))
+    raw = pipe.accept(Envelope(raw=Path(sys.argv[3]).read_bytes(), channel=Channel.FILE, filename="po.edi"))
+    assert pipe.store.claim_id(raw.id, "doomed") is not None
+    print(raw.id, flush=True)
+    os._exit(137)  # dies holding the claim, before processing: no cleanup, no commit
+    """
+)
+
+
+def test_crash_after_accept_is_recovered_exactly_once(tmp_path: Path, config_dir: Path) -> None:
+    sample = tmp_path / "po.edi"
+    sample.write_bytes(x12_850(icn=99))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASHER, str(config_dir), str(tmp_path / "data"), str(sample)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 137, proc.stderr
+    raw_id = proc.stdout.strip()
+    config, _ = load_config(config_dir)
+    pipe = Pipeline.open(config, tmp_path / "data")
+    try:
+        assert pipe.store.get_raw(raw_id).state == RawState.PROCESSING  # type: ignore[union-attr]
+        assert pipe.recover() == 1
+        assert pipe.drain() == 1
+        assert pipe.recover() == 0
+        assert pipe.drain() == 0
+        assert len(pipe.store.list_interactions()) == 1
+        assert pipe.store.get_raw(raw_id).state == RawState.STORED  # type: ignore[union-attr]
+    finally:
+        pipe.close()
+
+
+def test_mapping_edit_is_picked_up_without_restart(tmp_path: Path) -> None:
+    mappings = tmp_path / "mappings"
+    shutil.copytree(REPO / "mappings", mappings)
+    config, _ = load_config(copy_config(tmp_path / "config", mappings=mappings))
+    pipe = Pipeline.open(config, tmp_path / "data")
+    try:
+        before = _ingest(pipe, x12_850(icn=1)).records[0]
+        target = next(p for p in mappings.glob("*.xml") if p.read_text().count('type="850"'))
+        target.write_text(target.read_text().replace("<mapping ", "<mapping ", 1) + "\n<!-- edited -->\n")
+        os.utime(target, (1e9, 2e9))
+        pipe._next_reload = 0.0
+        after = _ingest(pipe, x12_850(icn=2)).records[0]
+        assert before.mapping is not None
+        assert after.mapping is not None
+        assert before.mapping.sha256 != after.mapping.sha256
+        # a broken edit keeps the last good version active
+        target.write_text("<mapping broken")
+        os.utime(target, (1e9, 3e9))
+        pipe._next_reload = 0.0
+        kept = _ingest(pipe, x12_850(icn=3)).records[0]
+        assert kept.mapping is not None
+        assert kept.mapping.sha256 == after.mapping.sha256
+    finally:
+        pipe.close()
