@@ -26,13 +26,15 @@ def parser(*, remove_blank_text: bool = False) -> etree.XMLParser:
 
 def parse_bytes(data: bytes, *, base_url: str | None = None) -> etree._ElementTree:
     """Parse untrusted XML. Raises etree.XMLSyntaxError on bad input."""
-    root = etree.fromstring(data, parser(), base_url=base_url)
+    root = etree.fromstring(data, parser(), base_url=base_url or "")
     return etree.ElementTree(root)
 
 
 def xslt_access_control() -> etree.XSLTAccessControl:
     """XSLT may not read or write files or reach the network."""
-    return etree.XSLTAccessControl.DENY_ALL
+    return etree.XSLTAccessControl(
+        read_file=False, write_file=False, create_dir=False, read_network=False, write_network=False
+    )
 
 
 def compile_xslt(doc: etree._ElementTree | etree._Element) -> etree.XSLT:
