@@ -32,7 +32,8 @@ def parse_bytes(data: bytes, *, base_url: str | None = None) -> etree._ElementTr
 
 def xslt_access_control() -> etree.XSLTAccessControl:
     """XSLT may not read or write files or reach the network."""
-    return etree.XSLTAccessControl(
+    # lxml-stubs predates these keywords; lxml itself has had them since 2.x.
+    return etree.XSLTAccessControl(  # type: ignore[call-arg]
         read_file=False, write_file=False, create_dir=False, read_network=False, write_network=False
     )
 
