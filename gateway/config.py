@@ -72,6 +72,9 @@ class Processing:
     stale_claim_seconds: float = 300.0
     #: how often mapping files are checked for changes on disk
     mapping_reload_seconds: float = 1.0
+    #: refuse EDIFACT interchanges whose UNT/UNE/UNZ counts or references are wrong
+    #: (off: keep the messages and record a warning, as partners' files often have them)
+    strict_edifact_envelopes: bool = False
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,7 @@ def _load_settings(directory: Path, problems: list[Problem]) -> GatewaySettings:
             mapping_reload_seconds=r.positive(
                 proc, "mapping_reload_seconds", float, Processing.mapping_reload_seconds, "processing."
             ),
+            strict_edifact_envelopes=r.get(proc, "strict_edifact_envelopes", bool, False, "processing."),
         ),
         as2=_listener(r, data, "as2", 4080),
         smtp=_listener(r, data, "smtp", 2525),

@@ -20,11 +20,11 @@ from pathlib import Path
 from gateway.archive import Archive
 from gateway.config import Config
 from gateway.envelope import Envelope
-from gateway.errors import GatewayError, InputError, Stage, StoreUnavailable, TooLarge
+from gateway.errors import EnvelopeError, GatewayError, InputError, Stage, StoreUnavailable, TooLarge
 from gateway.logs import for_message
 from gateway.mapping import MappingRegistry, MappingResult
 from gateway.parsers.base import DocumentUnit
-from gateway.parsers.detect import parse_document
+from gateway.parsers.detect import ParseOptions, parse_document
 from gateway.partners import PartnerDirectory
 from gateway.record import (
     Attachment,
@@ -242,8 +242,15 @@ class Pipeline:
         stage = Stage.DETECT
         records: list[tuple[InteractionRecord, str]] = []
         ids_by_unit: dict[int, str] = {}
+        warnings: list[EnvelopeError] = []
+        options = ParseOptions(
+            strict_edifact_envelopes=self.config.settings.processing.strict_edifact_envelopes,
+            on_problem=warnings.append,
+        )
         try:
-            units = _flatten(parse_document(data, channel=raw.channel, filename=raw.filename, facts=facts))
+            units = _flatten(
+                parse_document(data, channel=raw.channel, filename=raw.filename, facts=facts, options=options)
+            )
             stage = Stage.PARSE
             while True:
                 t0 = time.perf_counter()
@@ -271,6 +278,11 @@ class Pipeline:
         if not records:
             raise QuarantineSignal(Stage.PARSE, "the message holds no business document")
         del start
+        for warning in warnings:
+            for_message(log, raw.id, raw.channel).warning(
+                "envelope accepted with a fault: %s", warning.message
+            )
+            self.store.audit("envelope_warning", raw.id, warning.message)
         return records
 
     def _record_for(
@@ -369,11 +381,12 @@ class Pipeline:
 
     def replay(self, raw_id: str) -> ProcessResult:
         """Run a quarantined message again with today's mappings and profiles."""
-        self.store.requeue(raw_id)
-        claimed = [r for r in self.store.claim(f"replay-{raw_id[:8]}", limit=1_000) if r.id == raw_id]
-        raw = claimed[0] if claimed else self.store.get_raw(raw_id)
-        if raw is None:
+        if self.store.get_raw(raw_id) is None:
             raise InputError(f"no raw message {raw_id}")
+        self.store.requeue(raw_id)
+        raw = self.store.claim_id(raw_id, f"replay-{raw_id[:8]}")
+        if raw is None:
+            raise InputError(f"raw message {raw_id} is being processed by another worker")
         return self.process(raw)
 
 

@@ -44,10 +44,11 @@ from __future__ import annotations
 import codecs
 import importlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import cast
 
-from gateway.errors import UnknownFormat
+from gateway.errors import EnvelopeError, UnknownFormat
 from gateway.parsers.base import DocumentUnit, Parser
 from gateway.parsers.csvdoc import CsvParser, looks_delimited
 from gateway.parsers.emaildoc import EmailParser, looks_like_email
@@ -93,8 +94,26 @@ def _x12() -> Parser:
     return _load("gateway.parsers.x12", "X12Parser", "X12")
 
 
-def _edifact() -> Parser:
-    return _load("gateway.parsers.edifact", "EdifactParser", "EDIFACT")
+def _edifact(options: ParseOptions | None = None) -> Parser:
+    try:
+        from gateway.parsers.edifact import EdifactParser
+    except ImportError as exc:
+        raise UnknownFormat("EDIFACT is recognised but the EDIFACT parser is not installed") from exc
+    opts = options or ParseOptions()
+    return EdifactParser(strict=opts.strict_edifact_envelopes, on_problem=opts.on_problem)
+
+
+@dataclass(frozen=True)
+class ParseOptions:
+    """Choices the pipeline makes for the parsers.
+
+    ``strict_edifact_envelopes`` off: UNT/UNE/UNZ count and reference mismatches
+    (common in real partners' files) are reported to ``on_problem`` and the messages
+    are kept; structural faults are always errors.
+    """
+
+    strict_edifact_envelopes: bool = False
+    on_problem: Callable[[EnvelopeError], None] | None = None
 
 
 def _extension(filename: str | None) -> str:
@@ -106,7 +125,12 @@ def _preview(data: bytes) -> str:
 
 
 def detect(
-    data: bytes, *, channel: str, filename: str | None = None, facts: Mapping[str, str] | None = None
+    data: bytes,
+    *,
+    channel: str,
+    filename: str | None = None,
+    facts: Mapping[str, str] | None = None,
+    options: ParseOptions | None = None,
 ) -> Parser:
     """The parser for ``data`` (rules in the module docstring). Raises UnknownFormat."""
     channel = str(channel).lower()
@@ -118,7 +142,7 @@ def detect(
     if is_x12(data):
         return _x12()
     if is_edifact(data):
-        return _edifact()
+        return _edifact(options)
     if extension in EDI_EXTENSIONS and channel != "email":
         raise UnknownFormat(f"file {filename} is not EDI: it starts with {_preview(data)}")
     if channel == "email" or extension == ".eml" or looks_like_email(data):
@@ -135,10 +159,15 @@ def detect(
 
 
 def parse_document(
-    data: bytes, *, channel: str, filename: str | None = None, facts: Mapping[str, str] | None = None
+    data: bytes,
+    *,
+    channel: str,
+    filename: str | None = None,
+    facts: Mapping[str, str] | None = None,
+    options: ParseOptions | None = None,
 ) -> Iterator[DocumentUnit]:
     """Detect and parse; yields units (consume them all before trusting them)."""
-    yield from detect(data, channel=channel, filename=filename, facts=facts).parse(data)
+    yield from detect(data, channel=channel, filename=filename, facts=facts, options=options).parse(data)
 
 
 def detect_attachment(data: bytes, *, filename: str | None, media_type: str) -> Parser | None:
