@@ -22,7 +22,7 @@ from gateway import __version__
 from gateway.config import Config, load_config, parse_address
 from gateway.envelope import Channel, Envelope
 from gateway.errors import AdminError, GatewayError, Problem
-from gateway.record import InteractionRecord, Kind
+from gateway.record import InteractionRecord, Kind, Status
 
 log = logging.getLogger(__name__)
 
@@ -331,16 +331,31 @@ def cmd_mapping_check(args: argparse.Namespace) -> int:
 
 
 def cmd_mapping_test(args: argparse.Namespace) -> int:
-    from gateway.mapping import test_mapping
+    from gateway.mapping import load_mapping
     from gateway.parsers.detect import parse_document
+    from gateway.pipeline import _flatten
     from gateway.record import Direction
 
     sample = Path(args.sample)
     data = sample.read_bytes()
     channel = args.channel or ("email" if sample.suffix.lower() == ".eml" else "file")
-    units = list(parse_document(data, channel=channel, filename=sample.name))
-    results = test_mapping(Path(args.mapping), units)
-    for unit, result in zip(units, results, strict=True):
+    mapping = load_mapping(Path(args.mapping))
+    units = [unit for unit, _ in _flatten(parse_document(data, channel=channel, filename=sample.name))]
+    matching = [u for u in units if mapping.score(u, channel, args.partner) is not None]
+    if not matching:
+        found = ", ".join(sorted({f"{u.standard} {u.doc_type}" for u in units})) or "nothing"
+        raise UsageError(f"{args.mapping} matches none of the documents in {args.sample} (found: {found})")
+    for unit in units:
+        if unit not in matching:
+            print(
+                f"unit {unit.index} ({unit.standard} {unit.doc_type}): not matched by this mapping, skipped",
+                file=sys.stderr,
+            )
+    for unit in matching:
+        try:
+            result = mapping.apply(unit)
+        except GatewayError as exc:
+            raise UsageError(f"unit {unit.index} ({unit.standard} {unit.doc_type}): {exc.message}") from None
         preview = InteractionRecord(
             id="(preview)",
             channel=channel,
@@ -348,6 +363,7 @@ def cmd_mapping_test(args: argparse.Namespace) -> int:
             kind=result.kind,
             received_at=datetime.now(UTC),
             raw_sha256="0" * 64,
+            status=Status.UNRESOLVED,
             sender=dict(unit.sender),
             occurred_at=result.occurred_at,
             document=result.document,
@@ -520,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     mtest.add_argument("mapping", metavar="MAPPING")
     mtest.add_argument("sample", metavar="SAMPLE")
     mtest.add_argument("--channel", choices=[c.value for c in Channel])
+    mtest.add_argument("--partner", help="preview as if the sample came from this partner")
     mtest.add_argument("--json", action="store_true")
     mtest.set_defaults(func=cmd_mapping_test)
 

@@ -250,7 +250,15 @@ def _load_settings(directory: Path, problems: list[Problem]) -> GatewaySettings:
     r.unknown(lim, {"max_message_bytes", "max_decompressed_bytes", "max_mime_parts"}, "limits.")
     proc = r.table(data, "processing")
     r.unknown(
-        proc, {"workers", "poll_interval", "stale_claim_seconds", "mapping_reload_seconds"}, "processing."
+        proc,
+        {
+            "workers",
+            "poll_interval",
+            "stale_claim_seconds",
+            "mapping_reload_seconds",
+            "strict_edifact_envelopes",
+        },
+        "processing.",
     )
     maps = r.table(data, "mappings")
     r.unknown(maps, {"directory"}, "mappings.")

@@ -137,9 +137,7 @@ class InteractionRecord:
             "channel": self.channel,
             "direction": self.direction.value,
             "kind": self.kind.value,
-            "partner": None
-            if self.partner is None
-            else {"id": self.partner.id, "name": self.partner.name},
+            "partner": None if self.partner is None else {"id": self.partner.id, "name": self.partner.name},
             "sender": dict(self.sender),
             "occurred_at": ts(self.occurred_at),
             "received_at": ts(self.received_at),

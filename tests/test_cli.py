@@ -82,7 +82,7 @@ def test_ingest_json_and_interactions(gw: Gw, corpus: Path) -> None:
     assert gw.jsonl("interactions", "--since", "2999-01-01") == []
     shown = gw.jsonl("interactions", "show", out[0]["id"])
     assert shown == [out[0]] or shown[0]["id"] == out[0]["id"]
-    text = gw("interactions", "show", out[1]["id"]).stdout
+    text = gw("interactions", "show", out[2]["id"]).stdout
     assert "kind: order" in text
 
 
@@ -132,6 +132,7 @@ def test_errors_are_one_line(gw: Gw) -> None:
 def test_config_check(gw: Gw) -> None:
     assert "OK" in gw("config", "check").stdout
     (gw.config / "gateway.toml").write_text(
+        f"[mappings]\ndirectory = '{REPO / 'mappings'}'\n"
         "[limits]\nmax_message_bytes = 'big'\n[processing]\nworkers = 0\n"
     )
     (gw.config / "partners" / "x.toml").write_text('id = "x"\n[identities]\nemail = ["not-an-address"]\n')
