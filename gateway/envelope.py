@@ -39,6 +39,11 @@ class Envelope:
     sender: Mapping[str, str] = field(default_factory=dict)
     filename: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: the bytes on the wire when ``raw`` is content the adapter had to unwrap to
+    #: acknowledge it (an AS2 request: raw is the decrypted, verified payload). Both
+    #: are archived; the inbox row names the original's sha256 in
+    #: ``transport["original_sha256"]``.
+    original: bytes | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "transport", _frozen(self.transport))
@@ -48,4 +53,9 @@ class Envelope:
 
     @property
     def size(self) -> int:
-        return len(self.raw)
+        return len(self.raw) if self.original is None else max(len(self.raw), len(self.original))
+
+    #: transport key an adapter sets when it refused the message on the wire (e.g. an
+    #: AS2 signature that does not verify) but keeps it for the record: the pipeline
+    #: quarantines such a message at once with this text as the reason.
+    REJECTED = "rejected"

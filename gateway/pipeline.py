@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -167,6 +167,9 @@ class Pipeline:
         if envelope.size > limit:
             raise TooLarge(f"message of {envelope.size} bytes exceeds the limit of {limit} bytes")
         start = time.perf_counter()
+        if envelope.original is not None:
+            original_sha = self.archive.put(envelope.original)
+            envelope = replace(envelope, transport={**envelope.transport, "original_sha256": original_sha})
         sha = self.archive.put(envelope.raw)
         self.times.add(Stage.ARCHIVE, time.perf_counter() - start)
         start = time.perf_counter()
@@ -195,6 +198,12 @@ class Pipeline:
     def process(self, raw: RawMessage) -> ProcessResult:
         """Take one claimed inbox row through every stage. Never raises for bad input."""
         mlog = for_message(log, raw.id, raw.channel)
+        rejected = raw.transport.get(Envelope.REJECTED)
+        if rejected:
+            # Refused on the wire (the sender was told); kept so an administrator sees it.
+            entry = self.store.quarantine(raw.id, Stage.RECEIVE.value, rejected)
+            mlog.warning("refused on receipt: %s", rejected)
+            return ProcessResult(raw, RawState.QUARANTINED, quarantine=entry)
         self.maybe_reload_mappings()
         first = self.store.first_raw_with_sha(raw.sha256, exclude=raw.id)
         if first is not None:

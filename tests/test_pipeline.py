@@ -228,3 +228,27 @@ def test_mapping_edit_is_picked_up_without_restart(tmp_path: Path) -> None:
         assert kept.mapping.sha256 == after.mapping.sha256
     finally:
         pipe.close()
+
+
+def test_original_wire_bytes_are_archived_beside_the_payload(pipeline: Pipeline) -> None:
+    wire = b"Content-Type: application/pkcs7-mime\r\n\r\n<encrypted>" + x12_850(icn=50)
+    raw = pipeline.accept(Envelope(raw=x12_850(icn=50), original=wire, channel=Channel.AS2))
+    original_sha = raw.transport["original_sha256"]
+    assert pipeline.archive.get(original_sha) == wire
+    assert pipeline.archive.get(raw.sha256) == x12_850(icn=50)
+
+
+def test_message_refused_on_the_wire_is_kept_and_quarantined(pipeline: Pipeline) -> None:
+    env = Envelope(
+        raw=b"garbled",
+        channel=Channel.AS2,
+        transport={Envelope.REJECTED: "authentication-failed: signature does not verify"},
+    )
+    raw = pipeline.accept(env)
+    claimed = pipeline.store.claim_id(raw.id, "test")
+    assert claimed is not None
+    result = pipeline.process(claimed)
+    assert result.state == RawState.QUARANTINED
+    assert result.quarantine is not None
+    assert result.quarantine.stage == "receive"
+    assert "authentication-failed" in result.quarantine.reason
