@@ -153,6 +153,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 if args.channel
                 else (Channel.EMAIL if path.suffix.lower() == ".eml" else Channel.FILE)
             )
+            limit = pipeline.config.settings.limits.max_message_bytes
+            size = path.stat().st_size
+            if size > limit:
+                # Refused before reading: a huge file must not be loaded just to be turned away.
+                reason = f"{size} bytes exceeds limits.max_message_bytes ({limit})"
+                if args.json:
+                    _emit({"refused": {"reason": reason}, "file": str(path)})
+                else:
+                    print(f"{path}: refused: {reason}")
+                rejected += 1
+                progress.step()
+                continue
             raw = pipeline.accept(
                 Envelope(
                     raw=path.read_bytes(),

@@ -213,3 +213,18 @@ def test_run_serves_until_stopped(gw: Gw) -> None:
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "gateway running" in out
+
+
+def test_oversized_file_is_refused_without_reading_it(gw: Gw, tmp_path: Path) -> None:
+    text = (
+        (gw.config / "gateway.toml")
+        .read_text()
+        .replace("max_message_bytes = 52428800", "max_message_bytes = 100")
+    )
+    (gw.config / "gateway.toml").write_text(text)
+    (tmp_path / "big.edi").write_bytes(x12_850())
+    (tmp_path / "small.txt").write_text("hello")
+    out = gw.jsonl("ingest", str(tmp_path / "big.edi"), str(tmp_path / "small.txt"), ok=None)
+    assert out[0]["refused"]["reason"].startswith(f"{len(x12_850())} bytes exceeds")
+    assert out[1]["kind"] == "other"
+    assert gw("ingest", str(tmp_path / "big.edi"), ok=None).returncode == 1
