@@ -37,7 +37,7 @@ from lxml import etree
 
 from gateway.errors import EnvelopeError, ParseError, Position
 from gateway.parsers.base import DocumentUnit
-from gateway.parsers.edifact_groups import GroupDef, Grouper, structure_for
+from gateway.parsers.edifact_groups import GroupState, start_state, structure_for
 
 __all__ = ["CHARSETS", "EdifactParser", "ServiceChars", "codec_for"]
 
@@ -228,26 +228,50 @@ def _decode(data: bytes, syntax_id: str) -> str:
         ) from None
 
 
+def _split(body: str, chars: ServiceChars) -> list[list[list[str]]]:
+    comp, rep = chars.component, chars.repetition
+    out: list[list[list[str]]] = []
+    for el in body.split(chars.element):
+        if rep is not None and rep in el:
+            out.append([r.split(comp) for r in el.split(rep)])
+        else:
+            out.append([el.split(comp)])
+    return out
+
+
 class _Segment:
     """One segment: tag, elements (each a list of repetitions, each a list of components)."""
 
-    __slots__ = ("elements", "line", "offset", "ordinal", "plain", "tag")
+    __slots__ = ("_elements", "chars", "line", "offset", "ordinal", "plain", "raw", "tag")
 
     def __init__(
         self,
         tag: str,
-        elements: list[list[list[str]]],
+        elements: list[list[list[str]]] | None,
         ordinal: int,
         line: int,
         offset: int,
         plain: bool = True,
+        raw: str | None = None,
+        chars: ServiceChars = _LEVEL_A,
     ) -> None:
         self.plain = plain  # no character that XML text must escape
         self.tag = tag
-        self.elements = elements
+        self._elements = elements
+        #: the segment text when it holds no release character: then ``elements`` is
+        #: only cut when asked for, and the XML is written straight from this text
+        self.raw = raw
+        self.chars = chars
         self.ordinal = ordinal
         self.line = line
         self.offset = offset
+
+    @property
+    def elements(self) -> list[list[list[str]]]:
+        if self._elements is None:
+            assert self.raw is not None
+            self._elements = _split(self.raw, self.chars)[1:]
+        return self._elements
 
     def value(self, element: int, component: int = 1) -> str:
         """First repetition's component, 1-based; "" when absent."""
@@ -312,9 +336,14 @@ class _Tokens:
     def next(self) -> _Segment | None:
         """The next segment, or None at the end of the text."""
         pieces = self.pieces
+        rel, drop = self.release, self.drop
         while self.index < len(pieces):
             start_offset = self.offset
-            raw, after = self._raw(self.index)
+            raw = pieces[self.index]
+            if (rel is not None and raw.endswith(rel)) or (drop and raw.endswith(("\r", "\n"))):
+                raw, after = self._raw(self.index)  # maybe a released terminator
+            else:
+                after = self.index + 1
             self.offset += len(raw) + 1
             self.index = after
             body = raw.lstrip(_WS)
@@ -354,7 +383,19 @@ class _Tokens:
             else:
                 elements = self._split_slow(body)
         else:
-            elements = self._split(body)
+            # No release character: cut the tag alone; the rest when needed.
+            chars = self.chars
+            first = body.split(chars.element, 1)[0]
+            if chars.repetition is not None and chars.repetition in first:
+                first = first.split(chars.repetition, 1)[0]
+            tag = first.split(chars.component, 1)[0]
+            if not _TAG.fullmatch(tag):
+                raise ParseError(
+                    f"segment tag must be three upper-case letters/digits, found {_show(tag)}",
+                    Position(offset=offset, line=line, segment=ordinal),
+                )
+            plain = "&" not in body and "<" not in body and ">" not in body
+            return _Segment(tag, None, ordinal, line, offset, plain, body, chars)
         tag_el = elements[0][0]
         tag = tag_el[0]
         if not _TAG.fullmatch(tag):
@@ -368,15 +409,7 @@ class _Tokens:
         return _Segment(tag, elements, ordinal, line, offset, plain)
 
     def _split(self, body: str) -> list[list[list[str]]]:
-        chars = self.chars
-        comp, rep = chars.component, chars.repetition
-        out: list[list[list[str]]] = []
-        for el in body.split(chars.element):
-            if rep is not None and rep in el:
-                out.append([r.split(comp) for r in el.split(rep)])
-            else:
-                out.append([el.split(comp)])
-        return out
+        return _split(body, self.chars)
 
     def _split_slow(self, body: str) -> list[list[list[str]]]:
         """Per-character split; only used when the text holds our placeholder characters."""
@@ -460,7 +493,6 @@ class _Run:
         self.first_syntax = head.syntax_id
         self.text = _decode(data, head.syntax_id)
         self.units = 0
-        self.names: dict[str, tuple[str, str, list[tuple[str, str]]]] = {}
         # Only our own text is parsed with it; entities off all the same.
         self.xml_parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
@@ -686,17 +718,7 @@ class _Run:
         out.append(_start_tag("Message", message_attrib))
         out.append(self._xml(unh))
         structure = structure_for(info["type"], info["version"], info["release"])
-        grouper: Grouper[str] | None = None
-        if structure is not None:
-
-            def open_group(group: GroupDef, parent: str) -> str:
-                out.append(f"<{group.name}>")
-                return group.name
-
-            def close_group(name: str) -> None:
-                out.append(f"</{name}>")
-
-            grouper = Grouper(structure, "", open_group, close_group)
+        state: GroupState | None = start_state(structure) if structure is not None else None
         count = 1
         xml = self._xml
         while True:
@@ -715,14 +737,17 @@ class _Run:
                 )
             count += 1
             if tag == "UNT":
-                if grouper is not None:
-                    grouper.root()
+                if state is not None:
+                    out.append(state.close_all)
                 out.append(xml(seg))
                 self._check_count(seg, count, "number of segments UNH..UNT")
                 self._check_reference(seg, info["reference"], "UNH 0062")
                 break
-            if grouper is not None:
-                grouper.place(tag)
+            if state is not None:
+                moved = state.moves.get(tag) or state.move(tag)
+                if moved[0]:
+                    out.append(moved[0])
+                state = moved[1]
             out.append(xml(seg))
         out.append("</Message>")
         if group_xml is not None:
@@ -735,32 +760,105 @@ class _Run:
     def _xml(self, seg: _Segment) -> str:
         """The segment as canonical XML text (empty elements and components left out)."""
         tag = seg.tag
-        out = [f"<{tag}>"]
-        names = self.names
+        if seg.raw is not None and seg.plain:
+            return _xml_raw(tag, seg.raw, seg.chars)
+        elements = seg.elements
+        table = _TAG_XML.get(tag)
+        if table is None or len(table[2]) < len(elements):
+            table = _tag_xml(tag, len(elements))
+        start, end, element_tags = table
+        out = [start]
         escape = not seg.plain
-        for i, reps in enumerate(seg.elements, 1):
-            key = f"{tag}{i:02d}"
-            entry = names.get(key)
-            if entry is None:
-                entry = names[key] = (f"<{key}>", f"</{key}>", [])
-            open_tag, close_tag, comp_tags = entry
+        for entry, reps in zip(element_tags, elements, strict=False):
             for comps in reps:
                 if len(comps) == 1:
-                    if not comps[0]:
-                        continue
-                elif not any(comps):
+                    value = comps[0]
+                    if value:  # a simple data element: the usual case
+                        out += (entry.single_open, _escape(value) if escape else value, entry.single_close)
                     continue
-                while len(comp_tags) < len(comps):
-                    n = f"{key}-{len(comp_tags) + 1}"
-                    comp_tags.append((f"<{n}>", f"</{n}>"))
-                out.append(open_tag)
-                for k, value in enumerate(comps):
+                if not any(comps):
+                    continue
+                comp_tags = entry.comp_tags
+                if len(comp_tags) < len(comps):
+                    entry.extend(len(comps))
+                out.append(entry.open)
+                for (o, c), value in zip(comp_tags, comps, strict=False):
                     if value:
-                        o, c = comp_tags[k]
                         out += (o, _escape(value) if escape else value, c)
-                out.append(close_tag)
-        out.append(f"</{tag}>")
+                out.append(entry.close)
+        out.append(end)
         return "".join(out)
+
+
+def _xml_raw(tag: str, raw: str, chars: ServiceChars) -> str:
+    """``_xml`` for a segment without release and XML-special characters, cut from its text."""
+    parts = raw.split(chars.element)
+    count = len(parts) - 1
+    table = _TAG_XML.get(tag)
+    if table is None or len(table[2]) < count:
+        table = _tag_xml(tag, count)
+    start, end, element_tags = table
+    comp, rep = chars.component, chars.repetition
+    out = [start]
+    i = 0
+    for el in parts:
+        if i:
+            entry = element_tags[i - 1]
+            for value in el.split(rep) if rep is not None and rep in el else (el,):
+                if comp not in value:
+                    if value:
+                        out += (entry.single_open, value, entry.single_close)
+                    continue
+                comps = value.split(comp)
+                if not any(comps):
+                    continue
+                comp_tags = entry.comp_tags
+                if len(comp_tags) < len(comps):
+                    entry.extend(len(comps))
+                out.append(entry.open)
+                for (o, c), v in zip(comp_tags, comps, strict=False):
+                    if v:
+                        out += (o, v, c)
+                out.append(entry.close)
+        i += 1
+    out.append(end)
+    return "".join(out)
+
+
+class _ElementXml:
+    """Tags of one data element (``BGM01``) and its components, written once."""
+
+    __slots__ = ("close", "comp_tags", "name", "open", "single_close", "single_open")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.open = f"<{name}>"
+        self.close = f"</{name}>"
+        self.comp_tags: list[tuple[str, str]] = []
+        self.extend(1)
+        self.single_open = self.open + self.comp_tags[0][0]
+        self.single_close = self.comp_tags[0][1] + self.close
+
+    def extend(self, count: int) -> None:
+        tags = self.comp_tags
+        while len(tags) < count:
+            n = f"{self.name}-{len(tags) + 1}"
+            tags.append((f"<{n}>", f"</{n}>"))
+
+
+#: segment tag -> its start/end tag and its data elements' tags (shared by all parses;
+#: tags are checked against ``_TAG`` before they get here, so this stays bounded)
+_TAG_XML: dict[str, tuple[str, str, list[_ElementXml]]] = {}
+
+
+def _tag_xml(tag: str, count: int) -> tuple[str, str, list[_ElementXml]]:
+    table = _TAG_XML.get(tag)
+    if table is None:
+        table = _TAG_XML[tag] = (f"<{tag}>", f"</{tag}>", [])
+    elements = table[2]
+    while len(elements) < count:
+        elements.append(_ElementXml(f"{tag}{len(elements) + 1:02d}"))
+    return table
 
 
 def _escape(value: str) -> str:

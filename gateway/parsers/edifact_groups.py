@@ -1959,3 +1959,63 @@ class Grouper(Generic[T]):
         """Close every group and return the message level (where UNT goes)."""
         self._pop_to(0)
         return self._containers[0]
+
+
+class GroupState:
+    """A :class:`Grouper`'s stack as a shared, immutable value, for writers of XML text.
+
+    ``move(tag)`` gives the end/start tags that placing ``tag`` writes (innermost
+    group closed first, as ``Grouper.place`` reports them) and the state after it;
+    moves are cached per state, so placing a segment is usually one dict lookup.
+    Obtain the message-level state with :func:`start_state`.
+    """
+
+    __slots__ = ("close_all", "defs", "moves", "positions")
+
+    def __init__(self, defs: tuple[GroupDef, ...], positions: tuple[int, ...]) -> None:
+        self.defs = defs
+        self.positions = positions
+        #: end tags of every open group, innermost first (what ``Grouper.root`` closes)
+        self.close_all = "".join(f"</{d.name}>" for d in reversed(defs[1:]))
+        self.moves: dict[str, tuple[str, GroupState]] = {}
+
+    def move(self, tag: str) -> tuple[str, GroupState]:
+        got = self.moves.get(tag)
+        if got is not None:
+            return got
+        defs, positions = self.defs, self.positions
+        level = len(defs) - 1
+        while level >= 0:
+            index = defs[level].lookup[positions[level]].get(tag)
+            if index is not None:
+                break
+            level -= 1
+        else:
+            return ("", self)  # fits nowhere: stays in the innermost open group (not cached)
+        closes = "".join(f"</{d.name}>" for d in reversed(defs[level + 1 :]))
+        child = defs[level].children[index]
+        if isinstance(child, str):
+            got = (closes, _state(defs[: level + 1], (*positions[:level], index)))
+        else:
+            got = (
+                f"{closes}<{child.name}>",
+                _state((*defs[: level + 1], child), (*positions[:level], index, 0)),
+            )
+        self.moves[tag] = got
+        return got
+
+
+_STATES: dict[tuple[tuple[GroupDef, ...], tuple[int, ...]], GroupState] = {}
+
+
+def _state(defs: tuple[GroupDef, ...], positions: tuple[int, ...]) -> GroupState:
+    key = (defs, positions)
+    got = _STATES.get(key)
+    if got is None:
+        got = _STATES[key] = GroupState(defs, positions)
+    return got
+
+
+def start_state(structure: GroupDef) -> GroupState:
+    """The state at the start of a message (message level, nothing placed yet)."""
+    return _state((structure,), (0,))

@@ -14,8 +14,10 @@ Shape of the XML: ``docs/canonical-xml.md`` (section X12 and its X12 notes).
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from functools import cache
 
 from lxml import etree
 
@@ -37,6 +39,14 @@ _NL = "\r\n"
 # Padding that file transfers leave after the last interchange (CP/M EOF, NUL fill).
 _TRAILING_JUNK = _WS + "\x00\x1a"
 _ENVELOPE = frozenset({"ISA", "IEA", "GS", "GE", "ST", "SE", "TA1", "ISB", "ISE"})
+# Characters lxml refuses in text and attributes (XML 1.0 has no place for them).
+_XML_ILLEGAL = "".join(chr(c) for c in range(0x20) if c not in (9, 10, 13)) + "\ufffe\uffff"
+# Characters that XML text written by hand must escape (CR: libxml2 would turn it into LF).
+_XML_SPECIAL = "&<>\r"
+_TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
+_ATTR_ESCAPES = str.maketrans(
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"}
+)
 
 
 @dataclass(frozen=True)
@@ -109,17 +119,22 @@ def _show(s: str, limit: int = 20) -> str:
 
 def _read_isa(text: str, start: int) -> X12Header:
     """Read the fixed-width ISA at ``start``; line breaks inside it are wrapping, not data."""
-    chars: list[str] = []
     pos, n = start, len(text)
-    while len(chars) < ISA_LENGTH and pos < n:
-        ch = text[pos]
-        if ch not in _NL:
-            chars.append(ch)
-        pos += 1
-    if len(chars) < ISA_LENGTH or pos >= n:
+    isa = text[start : start + ISA_LENGTH]
+    if len(isa) == ISA_LENGTH and "\n" not in isa and "\r" not in isa:
+        chars = [isa]  # not wrapped: the usual case
+        pos += ISA_LENGTH
+    else:
+        chars = []
+        while len(chars) < ISA_LENGTH and pos < n:
+            ch = text[pos]
+            if ch not in _NL:
+                chars.append(ch)
+            pos += 1
+    if len("".join(chars)) < ISA_LENGTH or pos >= n:
         raise EnvelopeError(
             f"ISA must be 106 characters (fixed width, terminator included), "
-            f"found {len(chars) + (pos < n)} before the end of the data",
+            f"found {len(''.join(chars)) + (pos < n)} before the end of the data",
             _position(text, start, segment=1, segment_tag="ISA"),
         )
     isa = "".join(chars)
@@ -206,15 +221,13 @@ class _Node:
 
 
 class _Compiled:
-    __slots__ = ("hierarchical", "root", "strict")
+    __slots__ = ("hierarchical", "root", "start", "strict")
 
     def __init__(self, spec: SetSpec) -> None:
         self.root = _Node("Transaction", spec.body)
         self.hierarchical = spec.hierarchical
         self.strict = spec.strict
-
-
-_COMPILED: dict[str, _Compiled] = {k: _Compiled(v) for k, v in SETS.items()}
+        self.start = _State(self.root, None)
 
 
 class _Frame:
@@ -306,12 +319,185 @@ class _LoopBuilder:
         return el
 
 
+# Shared by all parses (tags are checked before they get here, so these stay small):
+# segment id -> element names; -> XML tags of the segment and its elements;
+# element start tag -> XML tags of its components.
+_NAMES: dict[str, list[str]] = {}
+_TAGS: dict[str, tuple[str, str, list[str], list[str]]] = {}
+_COMP_TAGS: dict[str, tuple[list[str], list[str]]] = {}
+
+
+class _Fallback(Exception):
+    """The set cannot be written as text in document order: build it with lxml calls."""
+
+
+@cache
+def _char_class(chars: str) -> re.Pattern[str]:
+    return re.compile(f"[{re.escape(chars)}]")
+
+
+class _State:
+    """A path of open loops (root first) in a set that is neither strict nor hierarchical.
+
+    ``step`` caches, per segment id, the end/start tags to write and the state after
+    it: after the first few sets of a kind, placing a segment is one dict lookup.
+    """
+
+    __slots__ = ("children", "close_all", "node", "parent", "step")
+
+    def __init__(self, node: _Node, parent: _State | None) -> None:
+        self.node = node
+        self.parent = parent
+        self.children: dict[str, _State] = {}
+        self.step: dict[str, tuple[str, _State]] = {}
+        # end tags of every loop open in this state, innermost first
+        self.close_all: str = "" if parent is None else f"</{node.name}>{parent.close_all}"
+
+    def move(self, tag: str) -> tuple[str, _State]:
+        """What ``_LoopBuilder.parent_for`` does (non-strict, not HL), as text."""
+        got = self.step.get(tag)
+        if got is not None:
+            return got
+        if tag in self.node.members:
+            got = ("", self)
+        else:
+            got = ("", self)
+            closes = ""
+            state: _State | None = self
+            while state is not None:
+                node = state.node
+                child = node.children.get(tag)
+                index = node.order.get(tag) if child is not None else node.members.get(tag)
+                if index is not None:
+                    if child is None:
+                        got = (closes, state)
+                    else:
+                        new = state.children.get(tag)
+                        if new is None:
+                            new = state.children[tag] = _State(child, state)
+                        got = (f"{closes}<{child.name}>", new)
+                    break
+                closes += f"</{node.name}>"
+                state = state.parent
+        if len(self.step) < 1024:  # tags outside the table are never cached beyond this
+            self.step[tag] = got
+        return got
+
+
+class _StrFrame:
+    __slots__ = ("close", "hl_id", "last", "node")
+
+    def __init__(self, node: _Node, hl_id: str | None = None) -> None:
+        self.node = node
+        self.close = f"</{node.name}>"
+        self.hl_id = hl_id
+        self.last = 0
+
+
+class _StrLoops:
+    """``_LoopBuilder`` for strict and hierarchical sets, writing tags as text."""
+
+    __slots__ = ("hl", "ill", "set_id", "spec", "stack")
+
+    def __init__(self, spec: _Compiled, set_id: str, ill: re.Pattern[str] | None) -> None:
+        self.spec = spec
+        self.set_id = set_id
+        self.stack = [_StrFrame(spec.root)]
+        self.hl: set[str] = set()
+        self.ill = ill
+
+    def place(self, tag: str, els: list[str], out: list[str]) -> str | None:
+        """Write the tags that move to the segment's place; an error message, or None."""
+        stack = self.stack
+        strict = self.spec.strict
+        top = stack[-1]
+        if not strict and tag in top.node.members:
+            return None
+        if tag == "HL" and self.spec.hierarchical:
+            return self._hl(els, out)
+        for depth in range(len(stack) - 1, -1, -1):
+            frame = stack[depth]
+            node = frame.node
+            child = node.children.get(tag)
+            index = node.order.get(tag) if child is not None else node.members.get(tag)
+            if index is None:
+                continue
+            if strict and index < frame.last:
+                return f"segment {tag} is out of order in {node.name} of transaction set {self.set_id}"
+            frame.last = index
+            self._pop(depth, out)
+            if child is not None:
+                out.append(f"<{child.name}>")
+                stack.append(_StrFrame(child))
+            return None
+        if strict:
+            where = " or ".join(f.node.name for f in reversed(stack))
+            return f"segment {tag} is not allowed here in transaction set {self.set_id} (in {where})"
+        return None
+
+    def _pop(self, depth: int, out: list[str]) -> None:
+        stack = self.stack
+        for k in range(len(stack) - 1, depth, -1):
+            out.append(stack[k].close)
+        del stack[depth + 1 :]
+
+    def close_all(self, out: list[str]) -> None:
+        self._pop(0, out)
+
+    def _hl(self, els: list[str], out: list[str]) -> str | None:
+        hl_id = els[1] if len(els) > 1 else ""
+        parent = els[2] if len(els) > 2 else ""
+        level = els[3] if len(els) > 3 else ""
+        stack = self.stack
+        node = stack[0].node.children.get("HL")
+        if node is None:  # pragma: no cover - hierarchical specs always define HL
+            raise _Fallback
+        if parent:
+            for depth in range(len(stack) - 1, 0, -1):
+                if stack[depth].hl_id == parent:
+                    break
+            else:
+                if parent in self.hl:
+                    raise _Fallback  # its loop is closed: the new one goes back inside it
+                return f"HL02 refers to parent HL {parent!r}, which does not precede it"
+        else:
+            depth = 0
+        attrs = ""
+        for name, v in (("id", hl_id), ("parent", parent), ("level", level)):
+            if v:
+                if self.ill is not None and self.ill.search(v):
+                    raise ValueError("attribute")  # as etree.SubElement would
+                attrs += f' {name}="{v.translate(_ATTR_ESCAPES)}"'
+        self._pop(depth, out)
+        out.append(f"<{node.name}{attrs}>")
+        stack.append(_StrFrame(node, hl_id))
+        if hl_id:
+            self.hl.add(hl_id)
+        return None
+
+
+_COMPILED: dict[str, _Compiled] = {k: _Compiled(v) for k, v in SETS.items()}
+
+
 class _Run:
     """One call of ``parse``: walks the interchanges of a decoded text."""
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.units = 0
+        # Which characters that need care in XML occur at all (one fast scan each):
+        # usually none but the delimiters, and then no segment needs checking.
+        self.present = "".join(c for c in _XML_ILLEGAL + _XML_SPECIAL if c in text)
+        # Units are written as XML text and parsed once (several times faster than
+        # one etree.SubElement per node); only our own text goes through it.
+        self.xml_parser = etree.XMLParser(
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            dtd_validation=False,
+            huge_tree=False,
+            collect_ids=False,
+        )
 
     def err(
         self,
@@ -328,10 +514,9 @@ class _Run:
     def run(self) -> Iterator[DocumentUnit]:
         text = self.text
         pos = _start(text)
-        first = _read_isa(text, pos)
-        self._check_trailer(first)
+        header = _read_isa(text, pos)
+        self._check_trailer(header)
         while True:
-            header = _read_isa(text, pos)
             pos = yield from self._interchange(header)
             pos = _skip_ws(text, pos, _TRAILING_JUNK)
             if pos >= len(text):
@@ -344,6 +529,7 @@ class _Run:
                     None,
                     None,
                 )
+            header = _read_isa(text, pos)
 
     def _check_trailer(self, header: X12Header) -> None:
         """Refuse a truncated interchange before yielding anything from it."""
@@ -395,6 +581,10 @@ class _Run:
         def element_names(tag: str, count: int) -> list[str]:
             got = names.get(tag)
             if got is None:
+                got = _NAMES.get(tag)
+                if got is not None:
+                    names[tag] = got
+            if got is None:
                 if not (
                     2 <= len(tag) <= 3
                     and tag.isascii()
@@ -403,7 +593,7 @@ class _Run:
                     and tag.isupper()
                 ):
                     raise ValueError("tag")
-                got = names[tag] = [tag]
+                got = names[tag] = _NAMES[tag] = [tag]
             while len(got) < count:
                 got.append(f"{tag}{len(got):02d}")
             return got
@@ -444,6 +634,72 @@ class _Run:
             for k, p in enumerate(parts, start=1):
                 if p:
                     etree.SubElement(el, cn[k]).text = p
+
+        # --- the same, as XML text ---------------------------------------------------------
+        delimiters = sep + comp + (rep or "")
+        present = "".join(c for c in self.present if c not in delimiters)
+        ill_chars = "".join(c for c in present if c in _XML_ILLEGAL)
+        special_chars = "".join(c for c in present if c in _XML_SPECIAL)
+        ill = _char_class(ill_chars) if ill_chars else None
+        special = _char_class(special_chars) if special_chars else None
+        # tag -> (start tag, end tag, element start tags, element end tags)
+        tags: dict[str, tuple[str, str, list[str], list[str]]] = {}
+        comp_tags = _COMP_TAGS
+
+        def segment_tags(tag: str, count: int) -> tuple[str, str, list[str], list[str]]:
+            nm = element_names(tag, count)  # checks the tag, once per interchange
+            got = _TAGS.get(tag)
+            if got is None or len(got[2]) < len(nm):
+                got = _TAGS[tag] = (f"<{tag}>", f"</{tag}>", [f"<{x}>" for x in nm], [f"</{x}>" for x in nm])
+            tags[tag] = got
+            return got
+
+        def write(out: list[str], tag: str, els: list[str], raw: str) -> None:
+            """``build`` as text: same names, same checks (ValueError), same omissions."""
+            got = tags.get(tag)
+            if got is None or len(got[2]) < len(els):
+                got = segment_tags(tag, len(els))
+            if ill is not None and ill.search(raw):
+                raise ValueError("character")
+            start, end, opens, closes = got
+            out.append(start)
+            if (
+                comp in raw
+                or (rep is not None and rep in raw)
+                or (special is not None and special.search(raw))
+            ):
+                for i, v in enumerate(els):
+                    if i and v:
+                        if rep_test in v:
+                            for r in v.split(rep_test):
+                                if r:
+                                    write_value(out, opens[i], closes[i], r)
+                        else:
+                            write_value(out, opens[i], closes[i], v)
+            else:
+                for i, v in enumerate(els):
+                    if i and v:
+                        out += (opens[i], v, closes[i])
+            out.append(end)
+
+        def write_value(out: list[str], open_tag: str, close_tag: str, v: str) -> None:
+            if comp not in v:
+                out += (open_tag, v.translate(_TEXT_ESCAPES) if special is not None else v, close_tag)
+                return
+            parts = v.split(comp)
+            ct = comp_tags.get(open_tag)
+            if ct is None or len(ct[0]) <= len(parts):
+                if len(comp_tags) > 100_000:  # pragma: no cover - bounded by the tags, really
+                    comp_tags.clear()
+                name = open_tag[1:-1]
+                cn = [name, *(f"{name}-{k}" for k in range(1, len(parts) + 1))]
+                ct = comp_tags[open_tag] = ([f"<{x}>" for x in cn], [f"</{x}>" for x in cn])
+            copens, ccloses = ct
+            out.append(open_tag)
+            for k, p in enumerate(parts, start=1):
+                if p:
+                    out += (copens[k], p.translate(_TEXT_ESCAPES) if special is not None else p, ccloses[k])
+            out.append(close_tag)
 
         def bad_segment(exc: ValueError, tag: str, els: list[str], offset: int, ordinal: int) -> ParseError:
             if str(exc) == "tag" or tag not in names:
@@ -489,8 +745,36 @@ class _Run:
         st: list[str] = []
         st_ordinal = 0
         loops: _LoopBuilder | None = None
+        # current set written as text (the usual way; ``trans`` is then None): the
+        # end tags to write, loop state, and the segments so far for a fallback
+        out: list[str] | None = None
+        spec: _Compiled | None = None
+        state: _State | None = None
+        sloops: _StrLoops | None = None
+        seglog: list[tuple[str, list[str], int, int]] = []
+        envelope: tuple[str, str] | None = None  # the group template around <Transaction/>
         pos = h.end
         find = text.find
+
+        def to_etree() -> tuple[etree._Element, etree._Element, _LoopBuilder | None]:
+            """Rebuild the current set with lxml calls (a set text cannot express)."""
+            assert group_template is not None
+            root = copy.deepcopy(group_template)
+            el = etree.SubElement(root[-1], "Transaction")
+            build(el, "ST", st)
+            lb = _LoopBuilder(spec, st[1], el) if spec is not None else None
+            for t, e, off, o in seglog:
+                try:
+                    if lb is None:
+                        build(el, t, e)
+                    else:
+                        parent = lb.parent_for(t, e)
+                        if isinstance(parent, str):  # pragma: no cover - the text pass checked it
+                            raise self.err(ParseError, parent, off, o, t)
+                        build(parent, t, e)
+                except ValueError as exc:  # pragma: no cover - the text pass checked it
+                    raise bad_segment(exc, t, e, off, o) from None
+            return el, root, lb
 
         while True:
             if pos >= n:
@@ -510,7 +794,7 @@ class _Run:
                 raw = raw.lstrip(_WS)
             if not raw:
                 if end < 0:
-                    if trans is not None:
+                    if trans is not None or out is not None:
                         raise self.err(
                             EnvelopeError,
                             f"transaction set {st[2] if len(st) > 2 else ''} not terminated: "
@@ -533,8 +817,31 @@ class _Run:
             els = raw.split(sep)
             tag = els[0]
 
-            if trans is not None and tag not in _ENVELOPE:
+            if out is not None and tag not in _ENVELOPE:
                 # body segment of a transaction set: the hot path
+                try:
+                    if state is not None:
+                        moved = state.step.get(tag) or state.move(tag)
+                        if moved[0]:
+                            out.append(moved[0])
+                        state = moved[1]
+                    elif sloops is not None:
+                        problem = sloops.place(tag, els, out)
+                        if problem is not None:
+                            raise self.err(ParseError, problem, seg_start, ordinal, tag)
+                    write(out, tag, els, raw)
+                    seglog.append((tag, els, seg_start, ordinal))
+                    continue
+                except _Fallback:
+                    trans, unit_root, loops = to_etree()
+                    out = None
+                except ParseError:
+                    raise
+                except ValueError as exc:
+                    raise bad_segment(exc, tag, els, seg_start, ordinal) from None
+
+            if trans is not None and tag not in _ENVELOPE:
+                # body segment of a set that had to be built with lxml calls
                 try:
                     if loops is None:
                         build(trans, tag, els)
@@ -551,7 +858,13 @@ class _Run:
 
             try:
                 if tag == "SE":
-                    if trans is None or unit_root is None:
+                    if out is not None:
+                        if state is not None:
+                            out.append(state.close_all)
+                        elif sloops is not None:
+                            sloops.close_all(out)
+                        write(out, tag, els, raw)
+                    elif trans is None or unit_root is None:
                         raise self.err(
                             ParseError,
                             "SE outside a transaction set (no ST before it)",
@@ -559,12 +872,26 @@ class _Run:
                             ordinal,
                             tag,
                         )
-                    build(trans, tag, els)
+                    else:
+                        build(trans, tag, els)
                     expected = ordinal - st_ordinal + 1
                     self._check_count(
                         els, 1, expected, "number of included segments ST..SE", seg_start, ordinal, tag
                     )
                     self._check_same(els, 2, st[2], "ST02", seg_start, ordinal, tag)
+                    if out is not None:
+                        assert envelope is not None
+                        out += ("</Transaction>", envelope[1])
+                        try:
+                            unit_root = etree.fromstring("".join(out), self.xml_parser)
+                        except etree.XMLSyntaxError:
+                            # beyond libxml2's limits without huge_tree (nesting deeper
+                            # than 256, text over 10 MB): the same tree, built by calls
+                            trans, unit_root, loops = to_etree()
+                            build(trans, tag, els)
+                        out = None
+                        seglog = []
+                    assert unit_root is not None
                     self.units += 1
                     sets_in_group += 1
                     yield DocumentUnit(
@@ -580,7 +907,8 @@ class _Run:
                         index=self.units,
                     )
                     trans = unit_root = loops = None
-                elif trans is not None:
+                    state = sloops = None
+                elif trans is not None or out is not None:
                     raise self.err(
                         EnvelopeError,
                         f"transaction set {st[2]} not terminated: expected SE, found {tag}",
@@ -607,11 +935,22 @@ class _Run:
                         )
                     st = els
                     st_ordinal = ordinal
-                    unit_root = copy.deepcopy(group_template)
-                    trans = etree.SubElement(unit_root[-1], "Transaction")
-                    build(trans, tag, els)
+                    if envelope is None:
+                        marker = etree.SubElement(group_template[-1], "Transaction")
+                        xml = etree.tostring(group_template, encoding="unicode")
+                        group_template[-1].remove(marker)
+                        cut = xml.rindex("<Transaction/>")
+                        envelope = (xml[:cut], xml[cut + len("<Transaction/>") :])
+                    out = [envelope[0], "<Transaction>"]
+                    seglog = []
+                    write(out, tag, els, raw)
                     spec = _COMPILED.get(els[1])
-                    loops = _LoopBuilder(spec, els[1], trans) if spec is not None else None
+                    state = sloops = None
+                    if spec is not None:
+                        if spec.strict or spec.hierarchical:
+                            sloops = _StrLoops(spec, els[1], ill)
+                        else:
+                            state = spec.start
                 elif tag == "GS":
                     if group_template is not None:
                         raise self.err(
@@ -631,6 +970,7 @@ class _Run:
                         )
                     gs = els
                     sets_in_group = 0
+                    envelope = None
                     group_template = copy.deepcopy(interchange)
                     build(etree.SubElement(group_template, "Group"), tag, els)
                 elif tag == "GE":
@@ -697,6 +1037,7 @@ class _Run:
                     )
                 elif tag in ("ISB", "ISE"):
                     if group_template is not None:
+                        envelope = None
                         build(group_template, tag, els)
                     else:
                         build(interchange, tag, els)
