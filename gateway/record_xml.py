@@ -336,8 +336,191 @@ def validate_xml(el: etree._Element) -> None:
     raise RecordInvalid(f"{field}: {reason}{more}")
 
 
+# --- fast validation ----------------------------------------------------------------
+#
+# Building the record with SubElement costs far more than the XSD check itself. The
+# fast path writes the same XML as record_to_xml as one string and parses it. It only
+# ever *accepts*: whenever it fails in any way (an invalid record, a value XML cannot
+# carry, a field of an unexpected type) the record goes through record_to_xml and
+# validate_xml, which raise exactly the error they always did.
+
+_TEXT_SPECIAL = re.compile(r"[&<>\r]")
+_ATTR_SPECIAL = re.compile(r'[&<>"\t\n\r]')
+_OPEN = '<interaction xmlns="' + NS + '">'
+
+
+def _esc(text: str) -> str:
+    # raises TypeError for a non-string, which sends the record to the slow path
+    if _TEXT_SPECIAL.search(text) is None:
+        return text
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+
+
+def _esc_attr(text: str) -> str:
+    if _ATTR_SPECIAL.search(text) is None:
+        return text
+    return (
+        text.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace('"', "&quot;")
+        .replace("\t", "&#9;")
+        .replace("\n", "&#10;")
+        .replace("\r", "&#13;")
+    )
+
+
+def _record_xml_text(rec: InteractionRecord) -> str:
+    """record_to_xml as a string (same elements, same order, same values)."""
+    out = [
+        _OPEN,
+        "<id>",
+        _esc(rec.id),
+        "</id><channel>",
+        _esc(rec.channel),
+        "</channel><direction>",
+        Direction(rec.direction).value,
+        "</direction><kind>",
+        Kind(rec.kind).value,
+        "</kind>",
+    ]
+    add = out.append
+    if rec.partner is not None:
+        add("<partner><id>" + _esc(rec.partner.id) + "</id>")
+        if rec.partner.name is not None:
+            add("<name>" + _esc(rec.partner.name) + "</name>")
+        add("</partner>")
+    if rec.sender:
+        add("<sender>")
+        for kind, value in rec.sender.items():
+            add('<identifier kind="' + _esc_attr(kind) + '">' + _esc(value) + "</identifier>")
+        add("</sender>")
+    if rec.occurred_at is not None:
+        add("<occurred_at>" + _esc(_ts(rec.occurred_at)) + "</occurred_at>")
+    add("<received_at>" + _esc(_ts(rec.received_at)) + "</received_at><document>")
+    doc = rec.document
+    parts: tuple[tuple[str, str | None], ...] = (
+        ("standard", doc.standard),
+        ("type", doc.type),
+        ("version", doc.version),
+        ("control_number", doc.control_number),
+    )
+    for name, part in parts:
+        if part is not None:
+            add("<" + name + ">" + _esc(part) + "</" + name + ">")
+    add("</document>")
+    if rec.subject is not None:
+        add("<subject>" + _esc(rec.subject) + "</subject>")
+    if rec.references:
+        add("<references>")
+        for name, value in rec.references.items():
+            add('<reference name="' + _esc_attr(name) + '">' + _esc(value) + "</reference>")
+        add("</references>")
+    if rec.currency is not None:
+        add("<currency>" + _esc(rec.currency) + "</currency>")
+    if rec.total_amount is not None:
+        add("<total_amount>" + _dec(rec.total_amount) + "</total_amount>")
+    if rec.lines:
+        add("<lines>")
+        for ln in rec.lines:
+            add("<line>")
+            if ln.line_number is not None:
+                add("<line_number>" + _esc(ln.line_number) + "</line_number>")
+            if ln.product_id is not None:
+                add("<product_id>" + _esc(ln.product_id) + "</product_id>")
+            if ln.description is not None:
+                add("<description>" + _esc(ln.description) + "</description>")
+            q = ln.quantity
+            if q is not None:
+                add("<quantity>" + (_dec(q) if isinstance(q, Decimal) else _esc(q)) + "</quantity>")
+            if ln.unit is not None:
+                add("<unit>" + _esc(ln.unit) + "</unit>")
+            p = ln.unit_price
+            if p is not None:
+                add("<unit_price>" + (_dec(p) if isinstance(p, Decimal) else _esc(p)) + "</unit_price>")
+            add("</line>")
+        add("</lines>")
+    if rec.parties:
+        add("<parties>")
+        for party in rec.parties:
+            add("<party><role>" + _esc(party.role) + "</role>")
+            if party.name is not None:
+                add("<name>" + _esc(party.name) + "</name>")
+            if party.id is not None:
+                add("<id>" + _esc(party.id) + "</id>")
+            add("</party>")
+        add("</parties>")
+    if rec.attachments:
+        add("<attachments>")
+        for a in rec.attachments:
+            add("<attachment>")
+            if a.filename is not None:
+                add("<filename>" + _esc(a.filename) + "</filename>")
+            add("<media_type>" + _esc(a.media_type) + "</media_type>")
+            add("<size>" + _esc(str(a.size)) + "</size><sha256>" + _esc(a.sha256) + "</sha256>")
+            add("</attachment>")
+        add("</attachments>")
+    add("<raw_sha256>" + _esc(rec.raw_sha256) + "</raw_sha256>")
+    if rec.mapping is not None:
+        add("<mapping><file>" + _esc(rec.mapping.file) + "</file>")
+        add("<sha256>" + _esc(rec.mapping.sha256) + "</sha256></mapping>")
+    add("<status>" + Status(rec.status).value + "</status>")
+    if rec.body is not None:
+        add("<body>" + _esc(rec.body) + "</body>")
+    add("</interaction>")
+    return "".join(out)
+
+
+_fast_parser = threading.local()
+
+
+def _fast_valid(rec: InteractionRecord) -> bool:
+    """True when ``rec`` certainly satisfies interaction.xsd; False means "not known",
+    the caller then takes the slow path, which names the problem."""
+    parser: etree.XMLParser | None = getattr(_fast_parser, "parser", None)
+    if parser is None:
+        # the records's XML is ours: no entities, no DTD, no network
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+        _fast_parser.parser = parser
+    try:
+        el = etree.fromstring(_record_xml_text(rec).encode("utf-8"), parser)
+    except Exception:  # noqa: BLE001 - anything odd: the slow path reports it
+        return False
+    with _schema_lock:
+        return bool(_get_schema().validate(el))
+
+
 def validate_record(rec: InteractionRecord) -> None:
     """Raise :class:`RecordInvalid` when ``rec`` does not satisfy interaction.xsd."""
+    if _fast_valid(rec):
+        return
+    _validate_record_slow(rec)
+
+
+def validate_records(records: Iterable[InteractionRecord]) -> None:
+    """:func:`validate_record` for several records, e.g. all records of one message.
+    Raises :class:`InvalidRecordInBatch` (a :class:`RecordInvalid` with the same
+    message :func:`validate_record` gives) for the first record that is not valid;
+    its ``index`` (0-based) and ``record`` say which one."""
+    for i, rec in enumerate(records):
+        if _fast_valid(rec):
+            continue
+        try:
+            _validate_record_slow(rec)
+        except RecordInvalid as exc:
+            raise InvalidRecordInBatch(exc.message, index=i, record=rec) from None
+
+
+class InvalidRecordInBatch(RecordInvalid):
+    """:func:`validate_records`: which record of the batch is invalid."""
+
+    def __init__(self, message: str, *, index: int, record: InteractionRecord) -> None:
+        super().__init__(message)
+        self.index = index
+        self.record = record
+
+
+def _validate_record_slow(rec: InteractionRecord) -> None:
     try:
         el = record_to_xml(rec)
     except ValueError as exc:

@@ -26,7 +26,13 @@ from gateway.record import (
     Party,
     Status,
 )
-from gateway.record_xml import record_from_xml, record_to_xml, validate_record
+from gateway.record_xml import (
+    InvalidRecordInBatch,
+    record_from_xml,
+    record_to_xml,
+    validate_record,
+    validate_records,
+)
 
 HEAD = '<?xml version="1.0"?>\n<mapping xmlns="urn:b2b-gateway:mapping:1" kind="{kind}">\n'
 
@@ -588,3 +594,37 @@ def test_record_xsd_rejects(change: dict[str, object], field: str) -> None:
         validate_record(rec)
     assert str(exc.value).startswith(field + ":")
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"subject": "a & b < c > d ]]> \r\n\t"},
+        {"references": {'we"ird\tname\r': "x&y"}, "sender": {"k<&>\n": "v"}},
+        {"body": "\u00e9\u20ac\U0001f600 \x85"},
+    ],
+)
+def test_record_fast_validation_matches_xml(change: dict[str, object]) -> None:
+    import dataclasses
+
+    from gateway.record_xml import _record_xml_text
+
+    rec = dataclasses.replace(full_record(), **change)  # type: ignore[arg-type]
+    validate_record(rec)
+    fast = etree.fromstring(_record_xml_text(rec).encode("utf-8"))
+    assert etree.tostring(fast, method="c14n") == etree.tostring(record_to_xml(rec), method="c14n")
+
+
+def test_validate_records_names_the_bad_record() -> None:
+    import dataclasses
+
+    good = full_record()
+    bad = dataclasses.replace(good, currency="eur")
+    validate_records([good, good])
+    with pytest.raises(RecordInvalid) as single:
+        validate_record(bad)
+    with pytest.raises(InvalidRecordInBatch) as exc:
+        validate_records([good, bad, good])
+    assert exc.value.index == 1
+    assert exc.value.record is bad
+    assert exc.value.message == single.value.message

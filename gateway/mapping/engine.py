@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -45,6 +45,9 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent.parent / "schemas" / "mappi
 
 #: prefix of Problem.reason for findings that do not stop a mapping from loading
 WARNING = "warning: "
+
+
+_ELEMENT = etree._Element
 
 
 def _line(el: etree._Element) -> int | None:
@@ -136,26 +139,59 @@ class _Ctx:
         self.node = node
 
 
+#: a transform bound to the calling thread: (value, node it came from, rule context)
+_Apply = Callable[[Value, etree._Element | None, etree._Element], Value | None]
+#: a rule bound to the calling thread: context -> value; raises :class:`_RuleFailed`
+_Eval = Callable[[etree._Element], Value | None]
+
+
 class _Transform:
     line: int | None = None
 
-    def apply(self, value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+    def bind(self) -> _Apply:
+        """This transform as a function for the calling thread (XPaths compiled)."""
         raise NotImplementedError
+
+    def apply(self, value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+        return self.bind()(value, node, ctx)
+
+
+def _start(xp: etree.XPath, node: etree._Element | None, ctx: etree._Element) -> str | None:
+    """The first non-empty value of a relative XPath (format-xpath, by-xpath ...),
+    evaluated at the node the value came from, else at the rule's context."""
+    found = tf.first_value(xp(node if node is not None else ctx))
+    return None if found is None else found[0]
 
 
 class _TextTransform(_Transform):
     def __init__(self, op: str) -> None:
         self.op = op
 
-    def apply(self, value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
-        s = tf.as_text(value)
+    def bind(self) -> _Apply:
+        as_text = tf.as_text
         if self.op == "trim":
-            return s.strip()
+
+            def trim(value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+                return (value if isinstance(value, str) else as_text(value)).strip()
+
+            return trim
         if self.op == "upper":
-            return s.upper()
+
+            def upper(value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+                return (value if isinstance(value, str) else as_text(value)).upper()
+
+            return upper
         if self.op == "lower":
-            return s.lower()
-        return " ".join(s.split())  # normalize-space
+
+            def lower(value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+                return (value if isinstance(value, str) else as_text(value)).lower()
+
+            return lower
+
+        def normalize_space(value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+            return " ".join((value if isinstance(value, str) else as_text(value)).split())
+
+        return normalize_space
 
 
 class _Replace(_Transform):
@@ -163,8 +199,13 @@ class _Replace(_Transform):
         self.pattern = pattern
         self.repl = repl
 
-    def apply(self, value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
-        return self.pattern.sub(self.repl, tf.as_text(value))
+    def bind(self) -> _Apply:
+        sub, repl, as_text = self.pattern.sub, self.repl, tf.as_text
+
+        def replace(value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+            return sub(repl, as_text(value))
+
+        return replace
 
 
 class _DecimalT(_Transform):
@@ -173,16 +214,24 @@ class _DecimalT(_Transform):
         self.thousands = thousands
         self.implied = implied
 
-    def apply(self, value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
-        if isinstance(value, Decimal):
-            return value
-        return tf.parse_decimal(
-            tf.as_text(value), mark=self.mark, thousands=self.thousands, implied_decimals=self.implied
-        )
+    def bind(self) -> _Apply:
+        mark, thousands, implied = self.mark, self.thousands, self.implied
+        parse, as_text = tf.parse_decimal, tf.as_text
+
+        def decimal(value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+            if isinstance(value, Decimal):
+                return value
+            return parse(as_text(value), mark=mark, thousands=thousands, implied_decimals=implied)
+
+        return decimal
 
 
 class _IntegerT(_Transform):
-    def apply(self, value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+    def bind(self) -> _Apply:
+        return self._integer
+
+    @staticmethod
+    def _integer(value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
         if isinstance(value, Decimal):
             if value != value.to_integral_value():
                 raise TransformFailed("not an integer")
@@ -195,19 +244,26 @@ class _Divide(_Transform):
         self.by = by
         self.by_xpath = by_xpath
 
-    def apply(self, value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
-        divisor = self.by
-        if self.by_xpath is not None:
-            text = self.by_xpath.first_text(node if node is not None else ctx)
-            if text is None:
-                return value  # no basis given: the value already is per unit
-            divisor = tf.parse_decimal(text)
-        if divisor is None:
-            return value
-        if divisor == 0:
-            raise TransformFailed("division by zero")
-        number = value if isinstance(value, Decimal) else tf.parse_decimal(tf.as_text(value))
-        return (number / divisor).normalize() if number else number
+    def bind(self) -> _Apply:
+        by = self.by
+        xp = None if self.by_xpath is None else self.by_xpath.compiled()
+        parse, as_text = tf.parse_decimal, tf.as_text
+
+        def divide(value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+            divisor = by
+            if xp is not None:
+                text = _start(xp, node, ctx)
+                if text is None:
+                    return value  # no basis given: the value already is per unit
+                divisor = parse(text)
+            if divisor is None:
+                return value
+            if divisor == 0:
+                raise TransformFailed("division by zero")
+            number = value if isinstance(value, Decimal) else parse(as_text(value))
+            return (number / divisor).normalize() if number else number
+
+        return divide
 
 
 class _DateT(_Transform):
@@ -215,23 +271,28 @@ class _DateT(_Transform):
         self.formats = formats
         self.format_xpath = format_xpath
 
-    def apply(self, value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
-        if isinstance(value, date):
-            return value
-        formats: tuple[tf.DateFormat, ...] = ()
-        if self.format_xpath is not None:
-            code = self.format_xpath.first_text(node if node is not None else ctx)
-            if code is not None:
-                try:
-                    formats = (tf.compile_date_format(code.strip()),)
-                except TransformFailed as exc:
-                    if not self.formats:
-                        raise
-                    _ = exc  # fall back to the declared formats below
-        formats += self.formats
-        if not formats:
-            formats = (tf.compile_date_format("ISO"),)
-        return tf.parse_date(tf.as_text(value), formats)
+    def bind(self) -> _Apply:
+        declared = self.formats
+        xp = None if self.format_xpath is None else self.format_xpath.compiled()
+        parse_date, as_text, cached = tf.parse_date, tf.as_text, tf.cached_date_format
+        fallback = declared or (tf.compile_date_format("ISO"),)
+
+        def date_(value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+            if isinstance(value, date):
+                return value
+            formats = fallback
+            if xp is not None:
+                code = _start(xp, node, ctx)
+                if code is not None:
+                    try:
+                        formats = (cached(code.strip()), *declared)
+                    except TransformFailed:
+                        if not declared:
+                            raise
+                        # fall back to the declared formats
+            return parse_date(as_text(value), formats)
+
+        return date_
 
 
 class _DateTimeT(_Transform):
@@ -245,14 +306,21 @@ class _DateTimeT(_Transform):
         self.formats = formats
         self.time_formats = time_formats
 
-    def apply(self, value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
-        day: Value = value
-        if isinstance(value, str):
-            day = tf.parse_date(value, self.formats or (tf.compile_date_format("ISO"),))
-        time_text = self.time_xpath.first_text(node if node is not None else ctx)
-        if time_text is None:
-            return tf.to_datetime(day)
-        return tf.combine_date_time(day, time_text.strip(), self.time_formats)
+    def bind(self) -> _Apply:
+        xp = self.time_xpath.compiled()
+        formats = self.formats or (tf.compile_date_format("ISO"),)
+        time_formats = self.time_formats
+
+        def datetime_(value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+            day: Value = value
+            if isinstance(value, str):
+                day = tf.parse_date(value, formats)
+            time_text = _start(xp, node, ctx)
+            if time_text is None:
+                return tf.to_datetime(day)
+            return tf.combine_date_time(day, time_text.strip(), time_formats)
+
+        return datetime_
 
 
 class _Lookup(_Transform):
@@ -260,8 +328,13 @@ class _Lookup(_Transform):
         self.codelist = codelist
         self.default = default
 
-    def apply(self, value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
-        return self.codelist.lookup(tf.as_text(value), self.default)
+    def bind(self) -> _Apply:
+        lookup, default, as_text = self.codelist.lookup, self.default, tf.as_text
+
+        def lookup_(value: Value, node: etree._Element | None, ctx: etree._Element) -> Value | None:
+            return lookup(value if isinstance(value, str) else as_text(value), default)
+
+        return lookup_
 
 
 @dataclass(frozen=True)
@@ -276,6 +349,16 @@ class _Source:
 
     def describe(self) -> str:
         return f"xpath {self.xpath.expr!r}" if self.xpath else f"value {self.constant!r}"
+
+
+class _RuleFailed(Exception):
+    """A bound rule could not produce its value; the caller names the field."""
+
+    def __init__(self, value: Value | None, reason: str, line: int | None) -> None:
+        super().__init__(reason)
+        self.value = value
+        self.reason = reason
+        self.line = line
 
 
 @dataclass
@@ -293,36 +376,107 @@ class Rule:
     required: bool = False
 
     def evaluate(self, ctx: etree._Element, file: str, label: str) -> Value | None:
-        found: list[Candidate] = []
-        for src in self.sources:
-            found.extend(c for c in src.candidates(ctx) if c.text.strip())
-        value: Value | None = None
-        node: etree._Element | None = None
-        if found:
-            if self.combine == "join":
-                value = self.separator.join(c.text for c in found)
-            else:
-                value, node = found[0].text, found[0].node
-        raw = value
-        for t in self.transforms:
-            if value is None:
-                break
-            try:
-                value = t.apply(value, node, ctx)
-            except TransformFailed as exc:
-                raise self._error(file, label, raw, exc.reason, t.line) from None
-            if isinstance(value, str) and not value.strip():
-                value = None
-        if value is None and self.default is not None:
-            value = self.default
-        if value is None:
-            if self.required:
-                raise self._error(file, label, None, "required value is missing", None)
-            return None
         try:
-            return _convert(value, self.type)
-        except TransformFailed as exc:
-            raise self._error(file, label, raw if raw is not None else value, exc.reason, None) from None
+            return self.bind()(ctx)
+        except _RuleFailed as exc:
+            raise self.failure(file, label, exc) from None
+
+    def failure(self, file: str, label: str, exc: _RuleFailed) -> MappingError:
+        return self._error(file, label, exc.value, exc.reason, exc.line)
+
+    def bind(self) -> _Eval:
+        """This rule as one function for the calling thread: XPaths compiled, the
+        transform chain resolved, nothing looked up per call."""
+        xpaths: list[etree.XPath | None] = []
+        constants: list[str] = []
+        for src in self.sources:
+            xpaths.append(None if src.xpath is None else src.xpath.compiled())
+            constants.append(src.constant or "")
+        sources = tuple(zip(xpaths, constants, strict=True))
+        chain = tuple((t.bind(), t.line) for t in self.transforms)
+        join = self.combine == "join"
+        separator, default, required, type_ = self.separator, self.default, self.required, self.type
+        first_value, all_values = tf.first_value, tf.all_values
+        convert = _CONVERTERS[type_]
+
+        str_type = type_ == "str"
+
+        def pick(ctx: etree._Element) -> tuple[Value | None, etree._Element | None]:
+            """The chosen value and the node it came from (None: no node)."""
+            if join:
+                texts: list[str] = []
+                for xp, constant in sources:
+                    if xp is None:
+                        if constant.strip():
+                            texts.append(constant)
+                    else:
+                        all_values(xp(ctx), texts)
+                return (separator.join(texts) if texts else None), None
+            # "first": later sources are only read when the earlier ones gave nothing
+            for xp, constant in sources:
+                if xp is None:
+                    if constant.strip():
+                        return constant, None
+                else:
+                    found = first_value(xp(ctx))
+                    if found is not None:
+                        return found
+            return None, None
+
+        xpath_only = None if join else tuple(x for x in xpaths if x is not None)
+        if xpath_only is not None and len(xpath_only) != len(xpaths):
+            xpath_only = None
+
+        def evaluate(ctx: etree._Element) -> Value | None:
+            value: Value | None = None
+            node: etree._Element | None = None
+            if xpath_only is not None:
+                # the usual rule: XPath sources, first value wins; the common result
+                # (a leaf element with text) is read inline, anything else by first_value
+                for xp in xpath_only:
+                    result = xp(ctx)
+                    if result.__class__ is list:
+                        if not result:
+                            continue
+                        item = result[0]
+                        if item.__class__ is _ELEMENT and not len(item):
+                            text = item.text
+                            if text is not None and text.strip():
+                                value = text
+                                node = item
+                                break
+                    found = first_value(result)
+                    if found is not None:
+                        value, node = found
+                        break
+            else:
+                value, node = pick(ctx)
+            raw = value
+            if value is not None:
+                for apply, line in chain:
+                    try:
+                        value = apply(value, node, ctx)
+                    except TransformFailed as exc:
+                        raise _RuleFailed(raw, exc.reason, line) from None
+                    if value is None:
+                        break
+                    if isinstance(value, str) and not value.strip():
+                        value = None
+                        break
+            if value is None:
+                if default is None:
+                    if required:
+                        raise _RuleFailed(None, "required value is missing", None)
+                    return None
+                value = default
+            if str_type and value.__class__ is str:
+                return value
+            try:
+                return convert(value)
+            except TransformFailed as exc:
+                raise _RuleFailed(raw if raw is not None else value, exc.reason, None) from None
+
+        return evaluate
 
     def _error(
         self, file: str, label: str, value: Value | None, reason: str, line: int | None
@@ -354,6 +508,32 @@ def _convert(value: Value, type_: FieldType) -> Value:
         raise TransformFailed(f"{text!r} is not a record kind ({', '.join(k.value for k in Kind)})") from None
 
 
+def _convert_str(value: Value) -> Value:
+    return value if isinstance(value, str) else tf.as_text(value)
+
+
+def _convert_decimal(value: Value) -> Value:
+    return _convert(value, "decimal")
+
+
+def _convert_datetime(value: Value) -> Value:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value
+    return tf.to_datetime(value)
+
+
+def _convert_kind(value: Value) -> Value:
+    return _convert(value, "kind")
+
+
+_CONVERTERS: Mapping[FieldType, Callable[[Value], Value]] = {
+    "str": _convert_str,
+    "decimal": _convert_decimal,
+    "datetime": _convert_datetime,
+    "kind": _convert_kind,
+}
+
+
 @dataclass
 class _Group:
     """``<lines>`` or ``<parties>``: rules applied to every node ``select`` finds."""
@@ -362,6 +542,27 @@ class _Group:
     rules: list[Rule]
     line: int | None
     skip_empty: bool = True
+
+    def bind(self) -> _BoundGroup:
+        return _BoundGroup(
+            self.select.compiled(), tuple((r.name, r.bind(), r) for r in self.rules), self.skip_empty
+        )
+
+
+@dataclass(frozen=True)
+class _BoundGroup:
+    select: etree.XPath
+    rules: tuple[tuple[str, _Eval, Rule], ...]
+    skip_empty: bool
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A mapping's rules bound to one thread (lxml XPath objects are per thread)."""
+
+    header: tuple[tuple[str, _Eval, Rule], ...]
+    lines: tuple[_BoundGroup, ...]
+    parties: tuple[_BoundGroup, ...]
 
 
 @dataclass
@@ -450,6 +651,8 @@ class CompiledMapping:
         self._parties = parties
         self._before = xslt_before
         self._after = xslt_after
+        self._ref = MappingRef(file=name, sha256=sha256)
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"CompiledMapping({self.name!r}, kind={self.kind.value})"
@@ -462,28 +665,44 @@ class CompiledMapping:
         scores = [s for m in self.matches if (s := m.score(unit, channel, partner)) is not None]
         return max(scores) if scores else None
 
+    def _plan(self) -> _Plan:
+        plan: _Plan | None = getattr(self._local, "plan", None)
+        if plan is None:
+            plan = _Plan(
+                tuple((r.name, r.bind(), r) for r in self._rules),
+                tuple(g.bind() for g in self._lines),
+                tuple(g.bind() for g in self._parties),
+            )
+            self._local.plan = plan
+        return plan
+
     def apply(self, unit: DocumentUnit) -> MappingResult:
         """Map one unit. Raises :class:`MappingError` naming file, line, field,
         XPath, value and reason."""
+        plan = self._plan()
         root: etree._Element = unit.tree
         for x in self._before:
             root = self._run_xslt(x, etree.ElementTree(root)).getroot()
         header: dict[str, Value] = {}
         references: dict[str, str] = {}
-        for rule in self._rules:
-            value = rule.evaluate(root, self.name, rule.name)
+        as_text = tf.as_text
+        for name, evaluate, rule in plan.header:
+            try:
+                value = evaluate(root)
+            except _RuleFailed as exc:
+                raise rule.failure(self.name, name, exc) from None
             if value is None:
                 continue
-            if rule.name.startswith("references."):
-                references[rule.name[len("references.") :]] = tf.as_text(value)
+            if name.startswith("references."):
+                references[name[11:]] = as_text(value)
             else:
-                header[rule.name] = value
+                header[name] = value
         lines = tuple(
             Line(**values)  # type: ignore[arg-type]
-            for values in self._apply_groups(self._lines, root, "lines")
+            for values in self._apply_groups(plan.lines, root, "lines")
         )
         parties: list[Party] = []
-        for i, values in enumerate(self._apply_groups(self._parties, root, "parties"), 1):
+        for i, values in enumerate(self._apply_groups(plan.parties, root, "parties"), 1):
             role = values.pop("role", None)
             if role is None:
                 raise MappingError(f"{self.name}: parties[{i}].role: required value is missing")
@@ -513,23 +732,28 @@ class CompiledMapping:
             lines=lines,
             parties=tuple(parties),
             body=s("body"),
-            mapping=self.ref,
+            mapping=self._ref,
         )
         for x in self._after:
             result = self._apply_after(x, result)
         return result
 
     def _apply_groups(
-        self, groups: list[_Group], root: etree._Element, label: str
+        self, groups: tuple[_BoundGroup, ...], root: etree._Element, label: str
     ) -> list[dict[str, Value | None]]:
         out: list[dict[str, Value | None]] = []
+        nodes_of = tf.result_nodes
         for g in groups:
-            for node in g.select.candidates(root):
-                if node.node is None:
-                    continue
-                n = len(out) + 1
-                values = {r.name: r.evaluate(node.node, self.name, f"{label}[{n}].{r.name}") for r in g.rules}
-                if g.skip_empty and all(v is None for v in values.values()):
+            rules = g.rules
+            skip_empty = g.skip_empty
+            for node in nodes_of(g.select(root)):
+                values: dict[str, Value | None] = {}
+                for name, evaluate, rule in rules:
+                    try:
+                        values[name] = evaluate(node)
+                    except _RuleFailed as exc:
+                        raise rule.failure(self.name, f"{label}[{len(out) + 1}].{name}", exc) from None
+                if skip_empty and all(v is None for v in values.values()):
                     continue
                 out.append(values)
         return out

@@ -29,6 +29,9 @@ from gateway.parsers.base import DocumentUnit
 CODELIST_DIR = "codelists"
 
 _Signature = tuple[int, int, int]
+#: what :meth:`MappingRegistry.select` depends on: standard, type, channel, partner
+_SelectKey = tuple[str, str, str, str | None]
+_SELECT_CACHE_SIZE = 4096
 
 
 def _signature(path: Path) -> _Signature | None:
@@ -101,8 +104,9 @@ class MappingRegistry:
         self._codelist_sigs: dict[str, _Signature] = {}
         self._codelists: dict[str, CodeList] = {}
         self._codelist_problems: dict[str, list[Problem]] = {}
-        # replaced as a whole, so readers never see a half-updated list
-        self._snapshot: tuple[CompiledMapping, ...] = ()
+        # replaced as a whole, so readers never see a half-updated list; the
+        # selection cache belongs to one snapshot and is replaced with it
+        self._state: tuple[tuple[CompiledMapping, ...], dict[_SelectKey, CompiledMapping | None]] = ((), {})
         self._last_scan = 0.0
 
     # --- loading ------------------------------------------------------------------
@@ -148,7 +152,9 @@ class MappingRegistry:
             else:
                 state.problems = problems
                 new.extend(problems)
-        self._snapshot = tuple(st.active for _, st in sorted(self._files.items()) if st.active is not None)
+        snapshot = tuple(st.active for _, st in sorted(self._files.items()) if st.active is not None)
+        if snapshot != self._state[0]:
+            self._state = (snapshot, {})
         return new
 
     def _reload_codelists(self, new: list[Problem]) -> bool:
@@ -193,20 +199,29 @@ class MappingRegistry:
 
     def warnings(self) -> list[Problem]:
         """Findings that do not stop loading, e.g. two mappings with the same match."""
-        return tie_warnings(self._snapshot)
+        return tie_warnings(self._state[0])
 
     def mappings(self) -> list[CompiledMapping]:
-        return list(self._snapshot)
+        return list(self._state[0])
 
     def select(self, unit: DocumentUnit, *, channel: str, partner: str | None) -> CompiledMapping:
         """The most specific mapping for ``unit`` (partner > channel > type >
         standard); equal candidates are decided by file name."""
-        best: CompiledMapping | None = None
-        best_score = -1
-        for m in self._snapshot:  # sorted by name: the first of equals wins
-            score = m.score(unit, channel, partner)
-            if score is not None and score > best_score:
-                best, best_score = m, score
+        snapshot, cache = self._state
+        # the choice depends on these four values only; remembered per snapshot
+        key = (unit.standard, unit.doc_type, channel, partner)
+        try:
+            best = cache[key]
+        except KeyError:
+            best = None
+            best_score = -1
+            for m in snapshot:  # sorted by name: the first of equals wins
+                score = m.score(unit, channel, partner)
+                if score is not None and score > best_score:
+                    best, best_score = m, score
+            if len(cache) >= _SELECT_CACHE_SIZE:
+                cache.clear()  # document types are data: keep the cache bounded
+            cache[key] = best
         if best is None:
             raise MappingError(
                 f"no mapping matches {unit.standard} {unit.doc_type or '(no type)'} "

@@ -6,13 +6,14 @@ compiled XPath per thread because lxml XPath objects must not be shared.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
 from lxml import etree
 
@@ -58,9 +59,16 @@ class XPathExpr:
     def _compiled(self) -> etree.XPath:
         xp: etree.XPath | None = getattr(self._local, "xp", None)
         if xp is None:
+            # smart strings: a text()/attribute result knows its parent element, the
+            # node that relative look-ups (format-xpath ...) start from
             xp = etree.XPath(self.expr, smart_strings=True)
             self._local.xp = xp
         return xp
+
+    def compiled(self) -> etree.XPath:
+        """The compiled XPath of the calling thread. Callers that evaluate often keep
+        it (per thread) instead of looking it up on every call."""
+        return self._compiled()
 
     def check(self) -> None:
         """Evaluate once against an empty document: catches unknown functions and
@@ -71,31 +79,105 @@ class XPathExpr:
         return self._compiled()(context)
 
     def candidates(self, context: etree._Element) -> list[Candidate]:
-        result = self.evaluate(context)
-        if isinstance(result, bool):
-            return [Candidate("true" if result else "false", None)]
-        if isinstance(result, float):
-            return [Candidate(_number_text(result), None)]
-        if isinstance(result, str):
-            return [Candidate(str(result), _parent_of(result))]
-        out: list[Candidate] = []
+        return result_candidates(self.evaluate(context))
+
+    def first_text(self, context: etree._Element) -> str | None:
+        found = first_value(self.evaluate(context))
+        return None if found is None else found[0]
+
+
+def result_candidates(result: Any) -> list[Candidate]:
+    """Every value of an XPath result, in document order (empty ones included)."""
+    if isinstance(result, bool):
+        return [Candidate("true" if result else "false", None)]
+    if isinstance(result, float):
+        return [Candidate(_number_text(result), None)]
+    if isinstance(result, str):
+        return [Candidate(str(result), _parent_of(result))]
+    out: list[Candidate] = []
+    for item in result:
+        if isinstance(item, etree._Element):
+            tag: object = item.tag
+            if not isinstance(tag, str):
+                continue  # comments and processing instructions carry no data
+            out.append(Candidate("".join(str(t) for t in item.itertext()), item))
+        elif isinstance(item, str):
+            out.append(Candidate(str(item), _parent_of(item)))
+        elif isinstance(item, tuple):  # namespace nodes
+            continue
+    return out
+
+
+def _element_text(el: etree._Element) -> str:
+    # the string-value of an element; a leaf (the usual case) is just its text
+    if len(el):
+        return "".join(cast(Iterator[str], el.itertext()))
+    text = el.text
+    return "" if text is None else text
+
+
+def first_value(result: Any) -> tuple[str, etree._Element | None] | None:
+    """The first non-empty value of an XPath result and the node it came from: what
+    ``result_candidates`` would give first after dropping blank values, without
+    building the others."""
+    if isinstance(result, list):
         for item in result:
             if isinstance(item, etree._Element):
                 tag: object = item.tag
                 if not isinstance(tag, str):
                     continue  # comments and processing instructions carry no data
-                out.append(Candidate("".join(str(t) for t in item.itertext()), item))
-            elif isinstance(item, str):
-                out.append(Candidate(str(item), _parent_of(item)))
-            elif isinstance(item, tuple):  # namespace nodes
-                continue
-        return out
-
-    def first_text(self, context: etree._Element) -> str | None:
-        for c in self.candidates(context):
-            if c.text.strip():
-                return c.text
+                text = _element_text(item)
+                if text.strip():
+                    return text, item
+            elif isinstance(item, str) and item.strip():
+                return str(item), _parent_of(item)
         return None
+    if isinstance(result, bool):
+        return ("true" if result else "false"), None
+    if isinstance(result, float):
+        return _number_text(result), None
+    if isinstance(result, str):
+        return (str(result), _parent_of(result)) if result.strip() else None
+    return None
+
+
+def all_values(result: Any, out: list[str]) -> None:
+    """Append every non-empty value of an XPath result to ``out`` (for ``join``)."""
+    if isinstance(result, list):
+        for item in result:
+            if isinstance(item, etree._Element):
+                tag: object = item.tag
+                if isinstance(tag, str):
+                    text = _element_text(item)
+                    if text.strip():
+                        out.append(text)
+            elif isinstance(item, str) and item.strip():
+                out.append(str(item))
+        return
+    found = first_value(result)
+    if found is not None:
+        out.append(found[0])
+
+
+def result_nodes(result: Any) -> list[etree._Element]:
+    """The nodes of an XPath result as a ``select`` uses them: elements themselves,
+    text and attribute values their parent element; numbers and booleans none."""
+    if isinstance(result, list):
+        out: list[etree._Element] = []
+        for item in result:
+            if isinstance(item, etree._Element):
+                tag: object = item.tag
+                if isinstance(tag, str):
+                    out.append(item)
+            elif isinstance(item, str):
+                parent = _parent_of(item)
+                if parent is not None:
+                    out.append(parent)
+        return out
+    if isinstance(result, str):
+        parent = _parent_of(result)
+        return [] if parent is None else [parent]
+    return []
 
 
 def _parent_of(result: Any) -> etree._Element | None:
@@ -120,6 +202,8 @@ def as_text(value: Value) -> str:
 # --- decimals -------------------------------------------------------------------------
 
 _DIGITS = re.compile(r"^[+-]?\d*(\.\d*)?$")
+#: the common case, ``12`` or ``12.50``: nothing to strip, replace or reject
+_PLAIN_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 def parse_decimal(
@@ -131,6 +215,11 @@ def parse_decimal(
     the sender choose) but then no thousands separators. ``implied_decimals`` is for
     X12 ``N2``-style values that carry no mark at all (``12345`` -> ``123.45``).
     """
+    if not thousands and mark != "," and _PLAIN_NUMBER.fullmatch(text):
+        value = Decimal(text)
+        if implied_decimals and "." not in text:
+            value = value.scaleb(-implied_decimals)
+        return value
     s = text.strip().replace(" ", "")
     if not s:
         raise TransformFailed("empty value is not a number")
@@ -309,6 +398,13 @@ def compile_date_format(fmt: str) -> DateFormat:
     if not groups:
         raise TransformFailed(f"date format {fmt!r} has no date or time fields")
     return DateFormat(fmt, re.compile(regex), None, False, has_date, has_time)
+
+
+@functools.lru_cache(maxsize=256)
+def cached_date_format(fmt: str) -> DateFormat:
+    """:func:`compile_date_format` for formats read from documents (EDIFACT
+    ``DTM01-3``), compiled once. Failures are not cached; they raise every time."""
+    return compile_date_format(fmt)
 
 
 def compile_date_formats(spec: str | None) -> tuple[DateFormat, ...]:
