@@ -59,7 +59,7 @@ def x12_850(n: int) -> bytes:
 
 
 def edifact_orders(count: int) -> bytes:
-    out = ["UNA:+.? '", "UNB+UNOC:3+DEMOPARTNER:ZZ+GATEWAY:ZZ+240101:1200+BIG1'"]
+    out = ["UNB+UNOC:3+DEMOPARTNER:ZZ+GATEWAY:ZZ+240101:1200+BIG1"]
     for m in range(1, count + 1):
         segs = [
             f"UNH+{m}+ORDERS:D:96A:UN:EAN008",
@@ -74,8 +74,8 @@ def edifact_orders(count: int) -> bytes:
         segs += ["UNS+S", "CNT+2:5"]
         segs.append(f"UNT+{len(segs) + 1}+{m}")
         out.extend(segs)
-    out.append(f"UNZ+{count}+BIG1'")
-    return ("'".join(out)).encode("latin-1")
+    out.append(f"UNZ+{count}+BIG1")
+    return ("UNA:+.? '" + "'".join(out) + "'").encode("latin-1")
 
 
 def open_pipeline(data: Path) -> Pipeline:
