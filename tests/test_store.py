@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -14,9 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event, inspect, text
 
 from gateway.envelope import Channel, Envelope
 from gateway.errors import Stage, StoreUnavailable
@@ -33,7 +38,9 @@ from gateway.record import (
     Status,
 )
 from gateway.store import PartnerRow, RawState, Store
+from gateway.store.engine import SYNC_FULL, SYNC_NORMAL
 from gateway.store.models import Base
+from gateway.store.store import MIGRATIONS
 from tests.fixtures_postgres import free_port, fresh_database
 
 T0 = datetime(2024, 5, 1, 8, 0, 0, tzinfo=UTC)
@@ -151,39 +158,102 @@ def full_record(rid: str = "rec-full") -> InteractionRecord:
 # --- schema -------------------------------------------------------------------------
 
 
+_MODEL_MODULES = ("gateway.as2.ledger",)
+
+
+def _script_heads() -> set[str]:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return set(ScriptDirectory.from_config(cfg).get_heads())
+
+
 def test_migrate_is_idempotent_and_matches_models(store: Store, store_url: str) -> None:
+    # Other features declare their tables on the store's Base and add revisions to its
+    # migrations (the AS2 ledger); every such model must be imported for the comparison.
+    for module in _MODEL_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
     store.migrate()
     store.migrate()
     engine = create_engine(store_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+            versions = set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+            assert versions == _script_heads()
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(ctx, Base.metadata) == []
     finally:
         engine.dispose()
 
 
-def test_concurrent_migrate_on_fresh_database(store_url: str) -> None:
-    stores = [Store(store_url) for _ in range(3)]
+def test_migration_0002_replaces_the_sha256_index(store: Store, store_url: str) -> None:
+    engine = create_engine(store_url)
     try:
-        in_parallel([s.migrate for s in stores])
-        assert stores[0].counts()["received"] == 0
+        indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("raw_messages")}
     finally:
-        for s in stores:
-            s.close()
+        engine.dispose()
+    assert indexes["ix_raw_messages_sha256_state_received_at"] == ["sha256", "state", "received_at", "id"]
+    assert "ix_raw_messages_sha256" not in indexes
 
 
-def test_sqlite_pragmas(tmp_path: Path) -> None:
-    store = Store.for_data_dir(tmp_path / "data")
-    store.migrate()
-    assert (tmp_path / "data" / "gateway.db").is_file()
-    with store._engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
-        assert (conn.exec_driver_sql("PRAGMA busy_timeout").scalar() or 0) >= 1000
+def test_migration_0002_downgrades_and_upgrades(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    Store(url).migrate()
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url)
+    command.downgrade(cfg, "0001")
+    engine = create_engine(url)
+    try:
+        names = {ix["name"] for ix in inspect(engine).get_indexes("raw_messages")}
+        assert "ix_raw_messages_sha256" in names
+        assert "ix_raw_messages_sha256_state_received_at" not in names
+    finally:
+        engine.dispose()
+    store = Store(url)
+    store.migrate()  # back to head
+    add(store, b"after downgrade and upgrade")
+    assert store.pending_count() == 1
     store.close()
+
+
+def _plan(store: Store, name: str) -> str:
+    stmt = getattr(store._sql, name)
+    if name == "key_owners":
+        stmt = stmt.params(p_keys=["k1", "k2"])
+    with store._engine.connect() as conn:
+        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        params = tuple([None] * compiled.string.count("?"))
+        return " | ".join(
+            str(row[3]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled.string, params)
+        )
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(f"sqlite:///{tmp_path / 'plans.db'}")
+    s.migrate()
+    yield s
+    s.close()
+
+
+def test_hot_lookups_use_an_index_on_sqlite(sqlite_store: Store) -> None:
+    """EXPLAIN QUERY PLAN of the per-message queries: index seeks, never a table scan."""
+    store = sqlite_store
+    checks = {
+        "first_raw_with_sha": "ix_raw_messages_sha256_state_received_at (sha256=? AND state=?)",
+        "lock_raw": "uq_quarantine_open_raw_id (raw_id=?)",
+        "claim": "ix_raw_messages_state_received_at (state=?)",
+        "claim_id": "(id=?)",
+        "get_raw": "(id=?)",
+        "key_owners": "(dedup_key=?)",
+        "resolve_quarantine": "(id=?)",
+    }
+    for name, expected in checks.items():
+        plan = _plan(store, name)
+        assert expected in plan, (name, plan)
+        assert "SCAN" not in plan, (name, plan)
+    assert "TEMP B-TREE" not in _plan(store, "first_raw_with_sha")  # already in order
 
 
 # --- inbox --------------------------------------------------------------------------
@@ -711,3 +781,91 @@ def test_claim_id_takes_one_specific_message(store: Store, other: Store) -> None
     assert other.claim_id(target, "other") is None  # already taken
     assert store.claim_id("nope", "x") is None
     assert [m.id for m in other.claim("w", limit=5)] == [first]
+
+
+# --- durability per path (SQLite) -----------------------------------------------------
+
+
+def test_sqlite_synchronous_per_path(tmp_path: Path) -> None:
+    """add_raw (and every other durable write) commits at FULL; processing results at NORMAL."""
+    store = Store.for_data_dir(tmp_path / "data")
+    store.migrate()
+    seen: list[int] = []
+
+    def on_commit(conn: Any) -> None:
+        dbapi = conn.connection.dbapi_connection
+        seen.append(dbapi.execute("PRAGMA synchronous").fetchone()[0])
+
+    event.listen(store._engine, "commit", on_commit)
+
+    def level(call: Callable[[], object]) -> int:
+        seen.clear()
+        call()
+        assert len(seen) == 1, seen
+        return seen[0]
+
+    try:
+        env1, env2, env3 = envelope(b"one"), envelope(b"two"), envelope(b"three")
+        assert level(lambda: store.add_raw(env1, sha(b"one"))) == SYNC_FULL
+        assert level(lambda: store.claim_id(env1.id, "w")) == SYNC_NORMAL
+        assert level(lambda: store.add_raw(env2, sha(b"two"))) == SYNC_FULL  # switched back
+        assert level(lambda: store.add_raw(env3, sha(b"three"))) == SYNC_FULL
+        assert level(lambda: store.claim("w", limit=1)) == SYNC_NORMAL
+        assert level(lambda: store.store_interactions(env1.id, [(record("a"), "K")])) == SYNC_NORMAL
+        assert level(lambda: store.quarantine(env2.id, "parse", "bad")) == SYNC_NORMAL
+        assert level(lambda: store.mark_duplicate(env3.id, env1.id)) == SYNC_NORMAL
+        assert level(lambda: store.requeue(env2.id)) == SYNC_FULL
+        assert level(lambda: store.recover()) == SYNC_FULL
+        assert level(lambda: store.audit("x", "y")) == SYNC_FULL
+        assert level(lambda: store.sync_partners([])) == SYNC_FULL
+        assert level(lambda: store.try_lease("l", "h", 5)) == SYNC_FULL
+        # a processing path, then the accept path again on the same pooled connection
+        assert level(lambda: store.claim_id(env2.id, "w")) == SYNC_NORMAL
+        env4 = envelope(b"four")
+        assert level(lambda: store.add_raw(env4, sha(b"four"))) == SYNC_FULL
+    finally:
+        event.remove(store._engine, "commit", on_commit)
+        store.close()
+
+
+# --- many records in one call -------------------------------------------------------
+
+
+def test_store_many_records_with_duplicates(store: Store) -> None:
+    """One call with thousands of records: the batched inserts keep order, children, dedup."""
+    store.sync_partners([PartnerRow("acme", "ACME", ())])
+    raw1 = add(store, b"big-1")
+    before = add(store, b"earlier")
+    store.store_interactions(before, [(record("old-7"), "key-7")])
+
+    def big(n: int, prefix: str) -> InteractionRecord:
+        return record(
+            f"{prefix}-{n}",
+            partner=PartnerRef("acme", "ACME") if n % 3 else PartnerRef(f"new-{n % 5}", f"New {n % 5}"),
+            total_amount=Decimal(f"{n}.10"),
+            lines=tuple(Line(str(i), f"P{n}-{i}", None, Decimal(i), "EA", Decimal("1.5")) for i in range(5)),
+            parties=(Party("buyer", f"B{n}", str(n)), Party("seller")),
+            attachments=(Attachment(f"{n}.pdf", "application/pdf", n, "ab" * 32),) if n % 100 == 0 else (),
+        )
+
+    count = 2500
+    records = [(big(n, "r"), f"key-{n}") for n in range(count)]
+    records.append((big(1, "again"), "key-1"))  # duplicate within the call
+    out = store.store_interactions(raw1, records)
+    assert out.state is RawState.STORED
+    assert [r.record_id for r in out.records] == [rec.id for rec, _ in records]
+    dups = {r.record_id: r.duplicate_of for r in out.records if r.duplicate_of is not None}
+    assert dups == {"r-7": "old-7", "again-1": "r-1"}
+    assert store.counts()["interactions"] == count  # old-7 + (count - 1) new
+    for n in (0, 1, 100, 2499):
+        assert store.get_interaction(f"r-{n}") == records[n][0]
+    assert store.get_interaction("r-7") is None
+    assert {p.id for p in store.list_partners(include_inactive=True)} >= {"acme", "new-0", "new-4"}
+
+    # the same documents again from other bytes: all duplicates of raw1 (and of `before`)
+    raw2 = add(store, b"big-2")
+    again = store.store_interactions(raw2, [(big(n, "s"), f"key-{n}") for n in range(8, count)])
+    assert again.state is RawState.DUPLICATE
+    assert again.duplicate_of_raw == raw1
+    assert all(r.duplicate_of == f"r-{n}" for n, r in zip(range(8, count), again.records, strict=True))
+    assert store.counts()["interactions"] == count

@@ -10,9 +10,22 @@ from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 #: execution option that asks for a write transaction (``BEGIN IMMEDIATE`` on SQLite)
 WRITE = "gateway_write"
+
+#: execution option, with WRITE: the transaction only records processing results, which
+#: the pipeline can re-derive from the inbox, so on SQLite it may commit with
+#: ``synchronous=NORMAL`` (see :func:`_on_begin` and docs/store.md, "Durability")
+RELAXED = "gateway_relaxed_durability"
+
+#: SQLite ``PRAGMA synchronous`` levels
+SYNC_NORMAL = 1
+SYNC_FULL = 2
+
+#: key in the pool record's ``info``: the level the DBAPI connection is currently set to
+_SYNC_INFO = "gateway_synchronous"
 
 #: how long a SQLite writer waits for the lock before the operation fails (ms)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -72,14 +85,44 @@ def _configure_sqlite(engine: Engine) -> None:
             # FULL: a commit that returned survives power loss, which is what lets us
             # acknowledge the sender right after add_raw().
             cursor.execute("PRAGMA synchronous = FULL")
+            _record.info[_SYNC_INFO] = SYNC_FULL
         finally:
             cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        options = conn.get_execution_options()
+        if not options.get(WRITE):
+            _execute(conn, "BEGIN")
+            return
+        # Durability per transaction. ``PRAGMA synchronous`` is a property of the
+        # connection and cannot change inside a transaction, so it is set here, on the
+        # checked-out connection, before BEGIN: FULL for every write transaction unless
+        # it asked for RELAXED (processing results only), then NORMAL. The level the
+        # connection is at is remembered in its pool record, so the PRAGMA only runs
+        # when it changes; a write that did not ask for RELAXED always runs at FULL,
+        # whatever the connection did before. Reads commit nothing and leave it as is.
+        level = SYNC_NORMAL if options.get(RELAXED) else SYNC_FULL
+        info = conn.connection.info
+        if info.get(_SYNC_INFO) != level:
+            info.pop(_SYNC_INFO, None)  # unknown until the PRAGMA has run
+            _execute(conn, f"PRAGMA synchronous = {level}")
+            info[_SYNC_INFO] = level
         # Writers take the lock up front: a deferred transaction that reads and then
         # writes can fail with SQLITE_BUSY without honouring busy_timeout.
-        if conn.get_execution_options().get(WRITE):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.exec_driver_sql("BEGIN")
+        _execute(conn, "BEGIN IMMEDIATE")
+
+
+def _execute(conn: Any, statement: str) -> None:
+    """Run ``statement`` on the DBAPI connection under ``conn``, errors as SQLAlchemy's.
+
+    These run once or twice per transaction; the driver directly costs a few
+    microseconds where ``exec_driver_sql`` costs tens. SQLAlchemy does not wrap errors
+    raised in a "begin" listener, so a failure (SQLITE_BUSY after busy_timeout, I/O
+    error) is wrapped here, like ``exec_driver_sql`` would, and callers see the usual
+    ``sqlalchemy.exc.OperationalError`` & co.
+    """
+    try:
+        conn.connection.dbapi_connection.execute(statement).close()
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc

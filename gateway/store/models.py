@@ -162,7 +162,8 @@ class RawMessageRow(Base):
     __tablename__ = "raw_messages"
     __table_args__ = (
         Index("ix_raw_messages_state_received_at", "state", "received_at"),
-        Index("ix_raw_messages_sha256", "sha256"),
+        # first_raw_with_sha(): one seek, already in (received_at, id) order (rev. 0002)
+        Index("ix_raw_messages_sha256_state_received_at", "sha256", "state", "received_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

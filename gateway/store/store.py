@@ -5,6 +5,13 @@ as :class:`~gateway.errors.StoreUnavailable` (a RETRY error), so adapters can an
 the sender with a temporary failure and workers can leave the message in the inbox.
 Misuse by the caller (an unknown raw id, a naive datetime) raises ``KeyError`` /
 ``ValueError`` instead, because retrying would not help.
+
+The inbox and outcome paths (``add_raw``, ``claim``, ``claim_id``,
+``first_raw_with_sha``, ``store_interactions``, ``mark_duplicate``, ``quarantine``)
+run once or more per received file, so they use SQLAlchemy Core with statements
+built once per store (compiled forms come from the engine's cache), executemany
+for the rows of a whole call, and no ORM session. The ORM models stay the schema's
+source of truth and serve the listing queries.
 """
 
 from __future__ import annotations
@@ -20,7 +27,23 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import URL, Engine, and_, delete, func, insert, make_url, or_, select, text, update
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    Integer,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    make_url,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
@@ -39,16 +62,11 @@ from gateway.record import (
     Party,
     Status,
 )
-from gateway.store.engine import WRITE, make_engine
+from gateway.store.engine import RELAXED, WRITE, make_engine
 from gateway.store.models import (
-    AttachmentRow,
-    AuditEvent,
+    Base,
     Interaction,
-    InteractionLine,
-    InteractionParty,
-    Lease,
     Partner,
-    PartnerIdentity,
     QuarantineRow,
     RawMessageRow,
     RawState,
@@ -161,6 +179,157 @@ def _describe(exc: SQLAlchemyError) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# --- statements of the hot paths --------------------------------------------------------
+
+_TABLES = Base.metadata.tables
+_RAW: Table = _TABLES["raw_messages"]
+_INTERACTIONS: Table = _TABLES["interactions"]
+_LINES: Table = _TABLES["interaction_lines"]
+_PARTIES: Table = _TABLES["interaction_parties"]
+_ATTACHMENTS: Table = _TABLES["attachments"]
+_PARTNERS: Table = _TABLES["partners"]
+_IDENTITIES: Table = _TABLES["partner_identities"]
+_QUARANTINE: Table = _TABLES["quarantine"]
+_AUDIT: Table = _TABLES["audit_events"]
+_LEASES: Table = _TABLES["leases"]
+
+#: dedup keys per ``IN (...)`` when the owners of conflicting keys are looked up; below
+#: SQLite's historical limit of 999 host parameters
+_IN_CHUNK = 900
+
+
+class _Sql:
+    """The hot-path statements, built once per store.
+
+    Executing a prebuilt statement with plain parameter dicts costs a cache-key walk
+    and a lookup in the engine's compiled cache, instead of building and compiling
+    the statement again on every call.
+    """
+
+    def __init__(self, backend: str) -> None:
+        ins = postgresql.insert if backend == "postgresql" else sqlite.insert
+        raw = _RAW.c
+        p_id = bindparam("p_id", type_=raw.id.type)
+        p_now = bindparam("p_now", type_=raw.updated_at.type)
+
+        self.add_raw = ins(_RAW).on_conflict_do_nothing(index_elements=["id"])
+        self.get_raw = select(_RAW).where(raw.id == p_id)
+        self.raw_exists = select(raw.id).where(raw.id == p_id)
+
+        # The row lock taken by every outcome write (FOR UPDATE serialises concurrent
+        # outcome writes for one raw message on PostgreSQL; SQLite's BEGIN IMMEDIATE
+        # already did), together with what the outcome needs: the open quarantine
+        # entry, if any (at most one: partial unique index; only written under this
+        # same lock, so the answer stays true until commit).
+        open_entry = (
+            select(_QUARANTINE.c.id)
+            .where(_QUARANTINE.c.raw_id == raw.id, _QUARANTINE.c.resolved_at.is_(None))
+            .scalar_subquery()
+        )
+        self.lock_raw = (
+            select(
+                raw.id,
+                raw.state,
+                raw.claimed_by,
+                raw.sha256,
+                raw.channel,
+                raw.filename,
+                open_entry.label("open_quarantine"),
+            )
+            .where(raw.id == p_id)
+            .with_for_update(of=_RAW)
+        )
+
+        claimed = {
+            "state": RawState.PROCESSING,
+            "attempts": raw.attempts + 1,
+            "claimed_by": bindparam("p_worker", type_=raw.claimed_by.type),
+            "claimed_at": p_now,
+            "updated_at": p_now,
+        }
+        self.claim_id = (
+            update(_RAW)
+            .where(raw.id == p_id, raw.state == RawState.RECEIVED)
+            .values(claimed)
+            .returning(*_RAW.c)
+        )
+        # One statement: pick the oldest received rows (PostgreSQL: SKIP LOCKED passes
+        # rows another node is claiming; SQLite renders no FOR UPDATE) and claim them.
+        oldest = (
+            select(raw.id)
+            .where(raw.state == RawState.RECEIVED)
+            .order_by(raw.received_at, raw.id)
+            .limit(bindparam("p_limit", type_=Integer()))
+            .with_for_update(skip_locked=True)
+        )
+        self.claim = update(_RAW).where(raw.id.in_(oldest)).values(claimed).returning(*_RAW.c)
+        self.first_raw_with_sha = (
+            select(_RAW)
+            .where(
+                raw.sha256 == bindparam("p_sha", type_=raw.sha256.type),
+                raw.state == RawState.STORED,
+                raw.id != p_id,
+            )
+            .order_by(raw.received_at, raw.id)
+            .limit(1)
+        )
+
+        self.ensure_partners = ins(_PARTNERS).on_conflict_do_nothing(index_elements=["id"])
+        # ON CONFLICT on the dedup key alone: a concurrent insert of the same document
+        # (another node) waits for that transaction and then yields.
+        self.insert_interactions = ins(_INTERACTIONS).on_conflict_do_nothing(index_elements=["dedup_key"])
+        self.key_owners = select(_INTERACTIONS.c.dedup_key, _INTERACTIONS.c.id, _INTERACTIONS.c.raw_id).where(
+            _INTERACTIONS.c.dedup_key.in_(bindparam("p_keys", expanding=True))
+        )
+        self.insert_lines = insert(_LINES)
+        self.insert_parties = insert(_PARTIES)
+        self.insert_attachments = insert(_ATTACHMENTS)
+
+        self.set_outcome = (
+            update(_RAW)
+            .where(raw.id == p_id)
+            .values(
+                state=bindparam("p_state", type_=raw.state.type),
+                duplicate_of=bindparam("p_duplicate_of", type_=raw.duplicate_of.type),
+                error=None,
+                updated_at=p_now,
+            )
+        )
+        self.set_quarantined = (
+            update(_RAW)
+            .where(raw.id == p_id)
+            .values(
+                state=RawState.QUARANTINED,
+                error=bindparam("p_error", type_=raw.error.type),
+                updated_at=p_now,
+            )
+        )
+        self.requeue = (
+            update(_RAW)
+            .where(raw.id == p_id)
+            .values(state=RawState.RECEIVED, claimed_by=None, claimed_at=None, updated_at=p_now)
+        )
+
+        q = _QUARANTINE.c
+        p_entry = bindparam("p_entry", type_=q.id.type)
+        self.resolve_quarantine = (
+            update(_QUARANTINE).where(q.id == p_entry).values(resolved_at=p_now, updated_at=p_now)
+        )
+        self.open_quarantine = insert(_QUARANTINE)
+        self.bump_quarantine = (
+            update(_QUARANTINE)
+            .where(q.id == p_entry)
+            .values(
+                stage=bindparam("p_stage", type_=q.stage.type),
+                reason=bindparam("p_reason", type_=q.reason.type),
+                updated_at=p_now,
+                replays=q.replays + 1,
+            )
+            .returning(q.created_at, q.replays)
+        )
+        self.audit = insert(_AUDIT)
+
+
 class Store:
     """The gateway's database. Thread-safe; one instance per process is enough."""
 
@@ -170,7 +339,18 @@ class Store:
             raise ValueError(f"unsupported database backend {backend!r} (use sqlite or postgresql)")
         self.backend = backend
         self._engine: Engine = make_engine(url)
+        # Durable writes (synchronous=FULL on SQLite): the inbox, requeue, partners...
         self._writer = self._engine.execution_options(**{WRITE: True})
+        # Processing results (synchronous=NORMAL on SQLite; see docs/store.md,
+        # "Durability"): a power cut may lose the latest of them, never the inbox row,
+        # and the pipeline derives them again from the inbox after recover().
+        self._relaxed = self._engine.execution_options(**{WRITE: True, RELAXED: True})
+        self._sql = _Sql(backend)
+        #: partner ids known to exist (synced, or created as a placeholder by a
+        #: committed store_interactions): no placeholder insert needed for them.
+        #: Partners are never deleted by the store; should one vanish behind our back,
+        #: the failed store_interactions clears this, and its retry creates it again.
+        self._known_partners: set[str] = set()
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Store:
@@ -181,6 +361,18 @@ class Store:
     @property
     def url(self) -> str:
         return self._engine.url.render_as_string(hide_password=True)
+
+    @property
+    def engine(self) -> Engine:
+        """For channel modules that keep tables of their own on the store's schema
+        (the AS2 ledger). Write transactions must use :attr:`write_engine`."""
+        return self._engine
+
+    @property
+    def write_engine(self) -> Engine:
+        """The engine whose transactions take the SQLite write lock up front and
+        commit durably (``synchronous=FULL``)."""
+        return self._writer
 
     def close(self) -> None:
         self._engine.dispose()
@@ -195,6 +387,7 @@ class Store:
 
     @contextmanager
     def _tx(self, op: str, *, write: bool = True) -> Iterator[Session]:
+        """An ORM session in one transaction (the listing queries)."""
         try:
             with (
                 Session(self._writer if write else self._engine, expire_on_commit=False) as session,
@@ -204,11 +397,37 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"store: {op} failed: {_describe(exc)}") from exc
 
+    @contextmanager
+    def _conn(self, op: str, *, write: bool = True, relaxed: bool = False) -> Iterator[Connection]:
+        """A Core connection in one transaction; ``relaxed``: processing results only."""
+        engine = self._relaxed if relaxed else self._writer if write else self._engine
+        try:
+            with engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"store: {op} failed: {_describe(exc)}") from exc
+
     def _insert(self, table: Any) -> Any:
         # Both dialects spell ON CONFLICT the same way; the generic insert() has none.
         if self.backend == "postgresql":
             return postgresql.insert(table)
         return sqlite.insert(table)
+
+    def _audit(self, conn: Connection, event: str, subject: str, detail: str = "") -> None:
+        conn.execute(self._sql.audit, {"at": _now(), "event": event, "subject": subject, "detail": detail})
+
+    def _lock_raw(self, conn: Connection, raw_id: str) -> Any:
+        """Lock the raw row (KeyError if unknown): a row of ``_Sql.lock_raw``."""
+        row = conn.execute(self._sql.lock_raw, {"p_id": raw_id}).first()
+        if row is None:
+            raise KeyError(raw_id)
+        return row
+
+    def _resolve_quarantine(self, conn: Connection, lock: Any, now: datetime) -> None:
+        # Only when the raw has an open entry (the lock query told us): no statement
+        # at all for the usual first-time success.
+        if lock.open_quarantine is not None:
+            conn.execute(self._sql.resolve_quarantine, {"p_entry": lock.open_quarantine, "p_now": now})
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision. Idempotent; safe to race on PostgreSQL."""
@@ -229,9 +448,11 @@ class Store:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
                 cfg.attributes["connection"] = conn
                 with _quiet("alembic"):
-                    before = MigrationContext.configure(conn).get_current_revision()
-                    command.upgrade(cfg, "head")
-                    after = MigrationContext.configure(conn).get_current_revision()
+                    before = ",".join(sorted(MigrationContext.configure(conn).get_current_heads()))
+                    # "heads": revisions written in parallel branches (e.g. two
+                    # features each adding a table) all get applied.
+                    command.upgrade(cfg, "heads")
+                    after = ",".join(sorted(MigrationContext.configure(conn).get_current_heads()))
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"store: migrate failed: {_describe(exc)}") from exc
         if before != after:
@@ -245,68 +466,58 @@ class Store:
         Adding the same envelope twice (a retry after a lost reply) returns the row.
         """
         now = _now()
-        with self._tx("add_raw") as s:
-            existing = s.get(RawMessageRow, envelope.id)
-            if existing is not None:
-                if existing.sha256 != sha256:
-                    raise ValueError(f"raw message {envelope.id} already exists with other content")
-                return _raw(existing)
-            row = RawMessageRow(
-                id=envelope.id,
-                sha256=sha256,
-                channel=str(envelope.channel),
-                received_at=envelope.received_at,
-                size=envelope.size,
-                filename=envelope.filename,
-                transport=dict(envelope.transport),
-                sender=dict(envelope.sender),
-                state=RawState.RECEIVED,
-                attempts=0,
-                updated_at=now,
-            )
-            s.add(row)
-            s.flush()
-            result = _raw(row)
-        return result
+        values: dict[str, Any] = {
+            "id": envelope.id,
+            "sha256": sha256,
+            "channel": str(envelope.channel),
+            "received_at": envelope.received_at,
+            "size": envelope.size,
+            "filename": envelope.filename,
+            "transport": dict(envelope.transport),
+            "sender": dict(envelope.sender),
+            "state": RawState.RECEIVED,
+            "attempts": 0,
+            "updated_at": now,
+        }
+        # The accept path: a durable transaction (synchronous=FULL on SQLite), since the
+        # sender is acknowledged as soon as this returns.
+        with self._conn("add_raw") as conn:
+            if conn.execute(self._sql.add_raw, values).rowcount == 1:
+                return RawMessage(
+                    id=envelope.id,
+                    sha256=sha256,
+                    channel=values["channel"],
+                    received_at=envelope.received_at,
+                    size=envelope.size,
+                    filename=envelope.filename,
+                    transport=_frozen(values["transport"]),
+                    sender=_frozen(values["sender"]),
+                    state=RawState.RECEIVED,
+                    attempts=0,
+                    duplicate_of=None,
+                    error=None,
+                )
+            existing = conn.execute(self._sql.get_raw, {"p_id": envelope.id}).one()
+        if existing.sha256 != sha256:
+            raise ValueError(f"raw message {envelope.id} already exists with other content")
+        return _raw(existing)
 
     def claim(self, worker: str, limit: int = 1) -> list[RawMessage]:
         """Take up to ``limit`` received messages, oldest first, for ``worker``."""
         if limit < 1:
             return []
-        now = _now()
-        with self._tx("claim") as s:
-            # PostgreSQL: SKIP LOCKED lets concurrent claimers pass each other's rows.
-            # SQLite ignores FOR UPDATE; BEGIN IMMEDIATE already made us the only writer.
-            rows = s.scalars(
-                select(RawMessageRow)
-                .where(RawMessageRow.state == RawState.RECEIVED)
-                .order_by(RawMessageRow.received_at, RawMessageRow.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
-            for row in rows:
-                row.state = RawState.PROCESSING
-                row.attempts += 1
-                row.claimed_by = worker
-                row.claimed_at = now
-                row.updated_at = now
-            s.flush()
-            return [_raw(row) for row in rows]
+        params = {"p_worker": worker, "p_now": _now(), "p_limit": limit}
+        with self._conn("claim", relaxed=True) as conn:
+            rows = conn.execute(self._sql.claim, params).all()
+        # RETURNING has no order of its own.
+        return sorted((_raw(row) for row in rows), key=lambda m: (m.received_at, m.id))
 
     def claim_id(self, raw_id: str, worker: str) -> RawMessage | None:
         """Claim one specific message (ingest, replay); None unless it is RECEIVED."""
-        now = _now()
-        with self._tx("claim_id") as s:
-            row = s.get(RawMessageRow, raw_id, with_for_update=True)
-            if row is None or row.state != RawState.RECEIVED:
-                return None
-            row.state = RawState.PROCESSING
-            row.attempts += 1
-            row.claimed_by = worker
-            row.claimed_at = now
-            row.updated_at = now
-            s.flush()
-            return _raw(row)
+        params = {"p_id": raw_id, "p_worker": worker, "p_now": _now()}
+        with self._conn("claim_id", relaxed=True) as conn:
+            row = conn.execute(self._sql.claim_id, params).first()
+        return None if row is None else _raw(row)
 
     def recover(self, older_than: timedelta | None = None) -> int:
         """Put claimed messages back in the inbox; with ``older_than`` only stale claims."""
@@ -316,21 +527,21 @@ class Store:
             cutoff = now - older_than
             stmt = stmt.where(or_(RawMessageRow.claimed_at.is_(None), RawMessageRow.claimed_at < cutoff))
         stmt = stmt.values(state=RawState.RECEIVED, claimed_by=None, claimed_at=None, updated_at=now)
-        with self._tx("recover") as s:
-            count = s.connection().execute(stmt).rowcount
+        with self._conn("recover") as conn:
+            count = conn.execute(stmt).rowcount
             if count:
-                _audit(s, "recovered", "inbox", f"{count} claimed message(s) returned to the inbox")
+                self._audit(conn, "recovered", "inbox", f"{count} claimed message(s) returned to the inbox")
         return count
 
     def get_raw(self, raw_id: str) -> RawMessage | None:
-        with self._tx("get_raw", write=False) as s:
-            row = s.get(RawMessageRow, raw_id)
-            return None if row is None else _raw(row)
+        with self._conn("get_raw", write=False) as conn:
+            row = conn.execute(self._sql.get_raw, {"p_id": raw_id}).first()
+        return None if row is None else _raw(row)
 
     def pending_count(self) -> int:
-        with self._tx("pending_count", write=False) as s:
+        with self._conn("pending_count", write=False) as conn:
             return (
-                s.scalar(
+                conn.scalar(
                     select(func.count())
                     .select_from(RawMessageRow)
                     .where(RawMessageRow.state == RawState.RECEIVED)
@@ -340,20 +551,16 @@ class Store:
 
     def first_raw_with_sha(self, sha256: str, exclude: str) -> RawMessage | None:
         """The earliest stored raw message with these exact bytes, other than ``exclude``."""
-        with self._tx("first_raw_with_sha", write=False) as s:
-            row = s.scalars(
-                select(RawMessageRow)
-                .where(
-                    RawMessageRow.sha256 == sha256,
-                    RawMessageRow.state == RawState.STORED,
-                    RawMessageRow.id != exclude,
-                )
-                .order_by(RawMessageRow.received_at, RawMessageRow.id)
-                .limit(1)
-            ).first()
-            return None if row is None else _raw(row)
+        with self._conn("first_raw_with_sha", write=False) as conn:
+            row = conn.execute(self._sql.first_raw_with_sha, {"p_sha": sha256, "p_id": exclude}).first()
+        return None if row is None else _raw(row)
 
     # --- outcomes -------------------------------------------------------------------
+    #
+    # All of these commit with relaxed durability on SQLite (synchronous=NORMAL): if a
+    # power cut loses one, the raw message is still in the inbox (RECEIVED or
+    # PROCESSING, which recover() turns back into RECEIVED) and is processed again;
+    # dedup keys keep that from storing anything twice.
 
     def store_interactions(
         self, raw_id: str, records: Sequence[tuple[InteractionRecord, str]]
@@ -365,114 +572,164 @@ class Store:
         a replay of an already stored message), otherwise DUPLICATE.
         """
         now = _now()
-        with self._tx("store_interactions") as s:
-            raw = _lock_raw(s, raw_id)
+        # The first record with each dedup key is the candidate for that key; later
+        # ones in the same call are duplicates of it.
+        first: dict[str, InteractionRecord] = {}
+        partners: dict[str, dict[str, Any]] = {}
+        for record, dedup_key in records:
+            first.setdefault(dedup_key, record)
+            ref = record.partner
+            if ref is not None and ref.id not in partners and ref.id not in self._known_partners:
+                # A record naming a partner that was never synced must not fail on the
+                # foreign key and retry forever: an inactive placeholder is created.
+                partners[ref.id] = {
+                    "id": ref.id,
+                    "name": ref.name or ref.id,
+                    "active": False,
+                    "updated_at": now,
+                }
+        try:
+            outcome = self._store_interactions(raw_id, records, first, partners, now)
+        except StoreUnavailable:
+            self._known_partners.clear()
+            raise
+        self._known_partners.update(partners)
+        return outcome
+
+    def _store_interactions(
+        self,
+        raw_id: str,
+        records: Sequence[tuple[InteractionRecord, str]],
+        first: dict[str, InteractionRecord],
+        partners: dict[str, dict[str, Any]],
+        now: datetime,
+    ) -> StoreOutcome:
+        sql = self._sql
+        with self._conn("store_interactions", relaxed=True) as conn:
+            lock = self._lock_raw(conn, raw_id)
+            if partners:
+                conn.execute(sql.ensure_partners, list(partners.values()))
+            # Every candidate in one executemany, ON CONFLICT (dedup_key) DO NOTHING.
+            # In the usual case every row goes in (rowcount says so) and nothing else is
+            # asked. Otherwise the owners of the candidate keys are read back: a key
+            # whose owner is not our record belongs to an earlier interaction, or to one
+            # a concurrent transaction (another node) committed first, which PostgreSQL
+            # made our insert wait for and then skip.
+            owners: dict[str, tuple[str, str]] = {}
+            if first:
+                inserted = conn.execute(
+                    sql.insert_interactions,
+                    [_interaction_values(rec, key, raw_id, now) for key, rec in first.items()],
+                ).rowcount
+                if inserted != len(first):
+                    owners = self._key_owners(conn, list(first))
+                    owners = {key: owner for key, owner in owners.items() if owner != (first[key].id, raw_id)}
             stored: list[StoredRecord] = []
-            any_new = False
+            new: list[InteractionRecord] = []
             duplicate_of_raw: str | None = None
             for record, dedup_key in records:
-                if record.partner is not None:
-                    self._ensure_partner(s, record.partner, now)
-                # ON CONFLICT on the dedup key alone: a concurrent insert of the same
-                # document (another node) waits for that transaction and then yields.
-                inserted = (
-                    s.connection()
-                    .execute(
-                        self._insert(Interaction.__table__)
-                        .values(_interaction_values(record, dedup_key, raw_id, now))
-                        .on_conflict_do_nothing(index_elements=["dedup_key"])
-                        .returning(Interaction.__table__.c.id)
-                    )
-                    .first()
-                )
-                if inserted is not None:
-                    any_new = True
-                    _insert_children(s, record)
+                owner = owners.get(dedup_key)
+                if owner is not None:
+                    stored.append(StoredRecord(record.id, owner[0]))
+                    if owner[1] != raw_id and duplicate_of_raw is None:
+                        duplicate_of_raw = owner[1]
+                elif first[dedup_key] is record:
                     stored.append(StoredRecord(record.id, None))
-                    continue
-                existing = s.execute(
-                    select(Interaction.id, Interaction.raw_id).where(Interaction.dedup_key == dedup_key)
-                ).one()
-                stored.append(StoredRecord(record.id, existing.id))
-                if existing.raw_id != raw_id and duplicate_of_raw is None:
-                    duplicate_of_raw = existing.raw_id
-            if any_new or duplicate_of_raw is None:
-                raw.state = RawState.STORED
-                raw.duplicate_of = None
+                    new.append(record)
+                else:
+                    stored.append(StoredRecord(record.id, first[dedup_key].id))
+            if new:
+                _insert_children(conn, sql, new)
+            if new or duplicate_of_raw is None:
+                state = RawState.STORED
                 duplicate_of_raw = None
             else:
-                raw.state = RawState.DUPLICATE
-                raw.duplicate_of = duplicate_of_raw
-            raw.error = None
-            raw.updated_at = now
-            _resolve_quarantine(s, raw_id, now)
-            new = sum(1 for r in stored if r.duplicate_of is None)
-            _audit(
-                s,
-                raw.state.value,
+                state = RawState.DUPLICATE
+            conn.execute(
+                sql.set_outcome,
+                {"p_id": raw_id, "p_state": state, "p_duplicate_of": duplicate_of_raw, "p_now": now},
+            )
+            self._resolve_quarantine(conn, lock, now)
+            self._audit(
+                conn,
+                state.value,
                 raw_id,
-                f"{new} new, {len(stored) - new} duplicate interaction(s)"
+                f"{len(new)} new, {len(stored) - len(new)} duplicate interaction(s)"
                 + (f"; duplicate of raw {duplicate_of_raw}" if duplicate_of_raw else ""),
             )
-        return StoreOutcome(raw_id, raw.state, tuple(stored), duplicate_of_raw)
+        return StoreOutcome(raw_id, state, tuple(stored), duplicate_of_raw)
 
-    def _ensure_partner(self, s: Session, ref: PartnerRef, now: datetime) -> None:
-        # Partners come from config via sync_partners(); a record naming one that was
-        # never synced must not fail on the foreign key and retry forever, so a
-        # placeholder (inactive until the configuration lists it) is created.
-        s.connection().execute(
-            self._insert(Partner.__table__)
-            .values(id=ref.id, name=ref.name or ref.id, active=False, updated_at=now)
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
+    def _key_owners(self, conn: Connection, keys: list[str]) -> dict[str, tuple[str, str]]:
+        """dedup key -> (interaction id, raw id) for the keys that exist."""
+        owners: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start : start + _IN_CHUNK]
+            for key, interaction_id, owner_raw in conn.execute(self._sql.key_owners, {"p_keys": chunk}):
+                owners[key] = (interaction_id, owner_raw)
+        return owners
 
     def mark_duplicate(self, raw_id: str, duplicate_of_raw: str) -> None:
         """The same raw bytes were stored before (the pipeline compares sha256)."""
         now = _now()
-        with self._tx("mark_duplicate") as s:
-            raw = _lock_raw(s, raw_id)
-            if s.get(RawMessageRow, duplicate_of_raw) is None:
+        with self._conn("mark_duplicate", relaxed=True) as conn:
+            lock = self._lock_raw(conn, raw_id)
+            if conn.execute(self._sql.raw_exists, {"p_id": duplicate_of_raw}).first() is None:
                 raise KeyError(duplicate_of_raw)
-            raw.state = RawState.DUPLICATE
-            raw.duplicate_of = duplicate_of_raw
-            raw.error = None
-            raw.updated_at = now
-            _resolve_quarantine(s, raw_id, now)
-            _audit(s, "duplicate", raw_id, f"same bytes as raw {duplicate_of_raw}")
+            conn.execute(
+                self._sql.set_outcome,
+                {
+                    "p_id": raw_id,
+                    "p_state": RawState.DUPLICATE,
+                    "p_duplicate_of": duplicate_of_raw,
+                    "p_now": now,
+                },
+            )
+            self._resolve_quarantine(conn, lock, now)
+            self._audit(conn, "duplicate", raw_id, f"same bytes as raw {duplicate_of_raw}")
 
     def quarantine(self, raw_id: str, stage: str | Stage, reason: str) -> QuarantineEntry:
         """Park a raw message; repeated failures update its one open entry (replays+1)."""
         stage_name = stage.value if isinstance(stage, enum.Enum) else stage
         now = _now()
-        with self._tx("quarantine") as s:
-            raw = _lock_raw(s, raw_id)
-            raw.state = RawState.QUARANTINED
-            raw.error = reason
-            raw.updated_at = now
-            entry = s.scalars(
-                select(QuarantineRow).where(
-                    QuarantineRow.raw_id == raw_id, QuarantineRow.resolved_at.is_(None)
+        sql = self._sql
+        with self._conn("quarantine", relaxed=True) as conn:
+            lock = self._lock_raw(conn, raw_id)
+            conn.execute(sql.set_quarantined, {"p_id": raw_id, "p_error": reason, "p_now": now})
+            if lock.open_quarantine is None:
+                entry_id = uuid.uuid4().hex
+                created_at, replays = now, 0
+                conn.execute(
+                    sql.open_quarantine,
+                    {
+                        "id": entry_id,
+                        "raw_id": raw_id,
+                        "stage": stage_name,
+                        "reason": reason,
+                        "created_at": now,
+                        "updated_at": now,
+                        "resolved_at": None,
+                        "replays": 0,
+                    },
                 )
-            ).first()
-            if entry is None:
-                entry = QuarantineRow(
-                    id=uuid.uuid4().hex,
-                    raw_id=raw_id,
-                    stage=stage_name,
-                    reason=reason,
-                    created_at=now,
-                    updated_at=now,
-                    replays=0,
-                )
-                s.add(entry)
             else:
-                entry.stage = stage_name
-                entry.reason = reason
-                entry.updated_at = now
-                entry.replays += 1
-            s.flush()
-            _audit(s, "quarantined", raw_id, f"{stage_name}: {reason}")
-            return _quarantine(entry, raw)
+                entry_id = lock.open_quarantine
+                created_at, replays = conn.execute(
+                    sql.bump_quarantine,
+                    {"p_entry": entry_id, "p_stage": stage_name, "p_reason": reason, "p_now": now},
+                ).one()
+            self._audit(conn, "quarantined", raw_id, f"{stage_name}: {reason}")
+        return QuarantineEntry(
+            id=entry_id,
+            raw_id=raw_id,
+            stage=stage_name,
+            reason=reason,
+            created_at=created_at,
+            raw_sha256=lock.sha256,
+            channel=lock.channel,
+            filename=lock.filename,
+            resolved_at=None,
+            replays=replays,
+        )
 
     def list_quarantine(self, include_resolved: bool = False) -> list[QuarantineEntry]:
         stmt = select(QuarantineRow, RawMessageRow).join(
@@ -491,16 +748,12 @@ class Store:
 
     def requeue(self, raw_id: str) -> None:
         """Replay: back to RECEIVED. The quarantine entry stays open until the raw is stored."""
-        now = _now()
-        with self._tx("requeue") as s:
-            raw = _lock_raw(s, raw_id)
-            if raw.state == RawState.PROCESSING:
-                raise ValueError(f"raw message {raw_id} is being processed by {raw.claimed_by}")
-            raw.state = RawState.RECEIVED
-            raw.claimed_by = None
-            raw.claimed_at = None
-            raw.updated_at = now
-            _audit(s, "requeued", raw_id)
+        with self._conn("requeue") as conn:
+            lock = self._lock_raw(conn, raw_id)
+            if lock.state == RawState.PROCESSING:
+                raise ValueError(f"raw message {raw_id} is being processed by {lock.claimed_by}")
+            conn.execute(self._sql.requeue, {"p_id": raw_id, "p_now": _now()})
+            self._audit(conn, "requeued", raw_id)
 
     # --- partners -------------------------------------------------------------------
 
@@ -510,11 +763,9 @@ class Store:
         ids = [p.id for p in partners]
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate partner ids in sync_partners()")
-        with self._tx("sync_partners") as s:
-            conn = s.connection()
-            table = Partner.__table__
+        with self._conn("sync_partners") as conn:
             for p in partners:
-                stmt = self._insert(table).values(id=p.id, name=p.name, active=True, updated_at=now)
+                stmt = self._insert(_PARTNERS).values(id=p.id, name=p.name, active=True, updated_at=now)
                 conn.execute(
                     stmt.on_conflict_do_update(
                         index_elements=["id"],
@@ -522,20 +773,21 @@ class Store:
                     )
                 )
             if ids:
-                conn.execute(delete(PartnerIdentity).where(PartnerIdentity.partner_id.in_(ids)))
+                conn.execute(delete(_IDENTITIES).where(_IDENTITIES.c.partner_id.in_(ids)))
             identity_rows = [
                 {"partner_id": p.id, "position": i, "kind": kind, "value": value}
                 for p in partners
                 for i, (kind, value) in enumerate(dict.fromkeys(p.identities))
             ]
             if identity_rows:
-                conn.execute(insert(PartnerIdentity), identity_rows)
+                conn.execute(insert(_IDENTITIES), identity_rows)
             conn.execute(
-                update(Partner)
-                .where(Partner.id.not_in(ids), Partner.active.is_(True))
+                update(_PARTNERS)
+                .where(_PARTNERS.c.id.not_in(ids), _PARTNERS.c.active.is_(True))
                 .values(active=False, updated_at=now)
             )
-            _audit(s, "partners_synced", "partners", f"{len(partners)} active")
+            self._audit(conn, "partners_synced", "partners", f"{len(partners)} active")
+        self._known_partners.update(ids)
 
     def list_partners(self, include_inactive: bool = False) -> list[PartnerRow]:
         stmt = select(Partner).options(selectinload(Partner.identities)).order_by(Partner.id)
@@ -611,18 +863,19 @@ class Store:
             return out
 
     def audit(self, event: str, subject: str, detail: str = "") -> None:
-        with self._tx("audit") as s:
-            _audit(s, event, subject, detail)
+        with self._conn("audit") as conn:
+            self._audit(conn, event, subject, detail)
 
     def list_audit(self, subject: str | None = None, limit: int | None = 100) -> list[AuditEntry]:
         """Audit events, newest first."""
-        stmt = select(AuditEvent).order_by(AuditEvent.id.desc())
+        a = _AUDIT.c
+        stmt = select(a.id, a.at, a.event, a.subject, a.detail).order_by(a.id.desc())
         if subject is not None:
-            stmt = stmt.where(AuditEvent.subject == subject)
+            stmt = stmt.where(a.subject == subject)
         if limit is not None:
             stmt = stmt.limit(limit)
-        with self._tx("list_audit", write=False) as s:
-            return [AuditEntry(e.id, e.at, e.event, e.subject, e.detail) for e in s.scalars(stmt)]
+        with self._conn("list_audit", write=False) as conn:
+            return [AuditEntry(*row) for row in conn.execute(stmt)]
 
     # --- leases ---------------------------------------------------------------------
 
@@ -633,7 +886,7 @@ class Store:
         """
         now = _now()
         expires = now + timedelta(seconds=seconds)
-        table = Lease.__table__
+        table = _LEASES
         stmt = (
             self._insert(table)
             .values(name=name, holder=holder, expires_at=expires)
@@ -644,39 +897,19 @@ class Store:
             )
             .returning(table.c.name)
         )
-        with self._tx("try_lease") as s:
-            return s.connection().execute(stmt).first() is not None
+        with self._conn("try_lease") as conn:
+            return conn.execute(stmt).first() is not None
 
     def release_lease(self, name: str, holder: str) -> None:
-        with self._tx("release_lease") as s:
-            s.connection().execute(delete(Lease).where(and_(Lease.name == name, Lease.holder == holder)))
+        with self._conn("release_lease") as conn:
+            conn.execute(delete(_LEASES).where(and_(_LEASES.c.name == name, _LEASES.c.holder == holder)))
 
 
 # --- helpers --------------------------------------------------------------------------
 
 
-def _lock_raw(s: Session, raw_id: str) -> RawMessageRow:
-    # FOR UPDATE serialises concurrent outcome writes for one raw message on PostgreSQL.
-    raw = s.get(RawMessageRow, raw_id, with_for_update=True)
-    if raw is None:
-        raise KeyError(raw_id)
-    return raw
-
-
-def _resolve_quarantine(s: Session, raw_id: str, now: datetime) -> None:
-    s.execute(
-        update(QuarantineRow)
-        .where(QuarantineRow.raw_id == raw_id, QuarantineRow.resolved_at.is_(None))
-        .values(resolved_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-
-
-def _audit(s: Session, event: str, subject: str, detail: str = "") -> None:
-    s.add(AuditEvent(at=_now(), event=event, subject=subject, detail=detail))
-
-
-def _raw(row: RawMessageRow) -> RawMessage:
+def _raw(row: Any) -> RawMessage:
+    """A RawMessage from an ORM row or a Core row of raw_messages."""
     return RawMessage(
         id=row.id,
         sha256=row.sha256,
@@ -714,12 +947,14 @@ def _interaction_values(
     record: InteractionRecord, dedup_key: str, raw_id: str, now: datetime
 ) -> dict[str, Any]:
     doc = record.document
+    partner = record.partner
+    mapping = record.mapping
     return {
         "id": record.id,
         "dedup_key": dedup_key,
         "raw_id": raw_id,
-        "partner_id": None if record.partner is None else record.partner.id,
-        "partner_name": None if record.partner is None else record.partner.name,
+        "partner_id": None if partner is None else partner.id,
+        "partner_name": None if partner is None else partner.name,
         "channel": str(record.channel),
         "direction": Direction(record.direction).value,
         "kind": Kind(record.kind).value,
@@ -736,56 +971,53 @@ def _interaction_values(
         "references": dict(record.references),
         "currency": record.currency,
         "total_amount": record.total_amount,
-        "mapping_file": None if record.mapping is None else record.mapping.file,
-        "mapping_sha256": None if record.mapping is None else record.mapping.sha256,
+        "mapping_file": None if mapping is None else mapping.file,
+        "mapping_sha256": None if mapping is None else mapping.sha256,
         "body": record.body,
         "extra": dict(record.extra),
         "stored_at": now,
     }
 
 
-def _insert_children(s: Session, record: InteractionRecord) -> None:
-    conn = s.connection()
-    if record.lines:
-        conn.execute(
-            insert(InteractionLine),
-            [
-                {
-                    "interaction_id": record.id,
-                    "position": i,
-                    "line_number": ln.line_number,
-                    "product_id": ln.product_id,
-                    "description": ln.description,
-                    "quantity": ln.quantity,
-                    "unit": ln.unit,
-                    "unit_price": ln.unit_price,
-                }
-                for i, ln in enumerate(record.lines)
-            ],
-        )
-    if record.parties:
-        conn.execute(
-            insert(InteractionParty),
-            [
-                {"interaction_id": record.id, "position": i, "role": p.role, "name": p.name, "party_id": p.id}
-                for i, p in enumerate(record.parties)
-            ],
-        )
-    if record.attachments:
-        conn.execute(
-            insert(AttachmentRow),
-            [
-                {
-                    "interaction_id": record.id,
-                    "position": i,
-                    "filename": a.filename,
-                    "media_type": a.media_type,
-                    "size": a.size,
-                    "sha256": a.sha256,
-                }
-                for i, a in enumerate(record.attachments)
-            ],
-        )
+def _insert_children(conn: Connection, sql: _Sql, records: Sequence[InteractionRecord]) -> None:
+    """Lines, parties and attachments of ``records``: one executemany per table."""
+    lines = [
+        {
+            "interaction_id": rec.id,
+            "position": i,
+            "line_number": ln.line_number,
+            "product_id": ln.product_id,
+            "description": ln.description,
+            "quantity": ln.quantity,
+            "unit": ln.unit,
+            "unit_price": ln.unit_price,
+        }
+        for rec in records
+        for i, ln in enumerate(rec.lines)
+    ]
+    if lines:
+        conn.execute(sql.insert_lines, lines)
+    parties = [
+        {"interaction_id": rec.id, "position": i, "role": p.role, "name": p.name, "party_id": p.id}
+        for rec in records
+        for i, p in enumerate(rec.parties)
+    ]
+    if parties:
+        conn.execute(sql.insert_parties, parties)
+    attachments = [
+        {
+            "interaction_id": rec.id,
+            "position": i,
+            "filename": a.filename,
+            "media_type": a.media_type,
+            "size": a.size,
+            "sha256": a.sha256,
+        }
+        for rec in records
+        for i, a in enumerate(rec.attachments)
+    ]
+    if attachments:
+        conn.execute(sql.insert_attachments, attachments)
 
 
 def _full_record() -> tuple[Any, ...]:
