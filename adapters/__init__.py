@@ -59,9 +59,9 @@ Factory = Callable[[Config, RunOptions], Adapter | None]
 
 
 def _builtin() -> dict[str, Factory]:
-    from adapters import filedrop
+    from adapters import as2, filedrop
 
-    return {"filedrop": filedrop.factory}
+    return {"filedrop": filedrop.factory, "as2": as2.factory}
 
 
 def factories() -> dict[str, Factory]:

@@ -8,17 +8,21 @@ holds one takes a reference ``env:NAME`` or ``file:PATH``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import ConfigError, Problem
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 IDENTITY_KINDS = ("as2", "x12", "edifact", "email", "email_domain", "fax", "sftp")
 _PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -77,6 +81,61 @@ class Processing:
     strict_edifact_envelopes: bool = False
 
 
+#: digests and content ciphers the AS2 channel knows (profile spellings)
+AS2_DIGESTS = ("sha1", "sha256", "sha384", "sha512")
+AS2_CIPHERS = ("aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc")
+AS2_KEY_TRANSPORTS = ("rsa-pkcs1v15", "rsa-oaep")
+AS2_MDN_MODES = ("sync", "async", "none")
+
+
+@dataclass(frozen=True)
+class As2Settings:
+    """Our side of AS2 (``[as2]`` in gateway.toml); paths are absolute once loaded."""
+
+    path: str = "/as2"
+    #: our certificate (PEM/DER), or a PKCS#12 file holding key and certificate
+    certificate: Path | None = None
+    #: our private key (PEM/DER); not needed when ``certificate`` is PKCS#12
+    private_key: Path | None = None
+    key_password: SecretRef | None = None
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class PartnerAs2:
+    """A partner's AS2 settings (``[as2]`` in its profile).
+
+    Receiving: what the partner's messages must carry and which algorithms we take
+    from it. Sending: how we wrap what we send and which MDN we ask for.
+    """
+
+    #: certificates that verify the partner's signatures (several during a rollover)
+    certificates: tuple[Path, ...] = ()
+    #: certificates we encrypt to (default: the first of ``certificates``)
+    encryption_certificates: tuple[Path, ...] = ()
+    require_signature: bool = True
+    require_encryption: bool = True
+    allow_compression: bool = True
+    #: accepted signature digests; "sha1" only when listed
+    digests: tuple[str, ...] = ("sha256", "sha384", "sha512")
+    #: accepted content ciphers; "3des-cbc" only when listed
+    ciphers: tuple[str, ...] = ("aes128-cbc", "aes192-cbc", "aes256-cbc")
+    key_transports: tuple[str, ...] = AS2_KEY_TRANSPORTS
+    #: the partner's AS2 endpoint (sending)
+    url: str | None = None
+    sign: bool = True
+    encrypt: bool = True
+    compress: bool = False
+    sign_digest: str = "sha256"
+    cipher: str = "aes256-cbc"
+    key_transport: str = "rsa-pkcs1v15"
+    #: the MDN we ask for when sending
+    mdn_mode: str = "sync"
+    mdn_signed: bool = True
+    mdn_digest: str = "sha256"
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """Everything in ``gateway.toml``, checked."""
@@ -92,6 +151,7 @@ class GatewaySettings:
     smtp: Listener
     sftp: Listener
     cert_expiry_warning_days: int = 30
+    as2_settings: As2Settings = field(default_factory=As2Settings)
 
 
 @dataclass(frozen=True)
@@ -103,6 +163,8 @@ class PartnerProfile:
     identities: tuple[tuple[str, str], ...]
     active: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: typed ``[as2]`` table; None when the profile has none (no AS2 with this partner)
+    as2: PartnerAs2 | None = None
 
 
 @dataclass(frozen=True)
@@ -302,6 +364,7 @@ def _load_settings(directory: Path, problems: list[Problem]) -> GatewaySettings:
         smtp=_listener(r, data, "smtp", 2525),
         sftp=_listener(r, data, "sftp", 2222),
         cert_expiry_warning_days=r.positive(certs, "expiry_warning_days", int, 30, "certificates."),
+        as2_settings=_as2_settings(r, r.table(data, "as2")),
     )
 
 
@@ -361,6 +424,7 @@ def _load_partner(path: Path, problems: list[Problem]) -> PartnerProfile | None:
                 continue
             pairs.append((kind, normalise_identity(kind, value)))
     extra = {k: v for k, v in data.items() if k not in {"id", "name", "active", "identities"}}
+    as2 = _partner_as2(r, r.table(data, "as2")) if "as2" in data else None
     return PartnerProfile(
         id=partner_id,
         name=r.get(data, "name", str, partner_id, ""),
@@ -368,6 +432,7 @@ def _load_partner(path: Path, problems: list[Problem]) -> PartnerProfile | None:
         identities=tuple(pairs),
         active=r.get(data, "active", bool, True, ""),
         extra=extra,
+        as2=as2,
     )
 
 
@@ -401,6 +466,227 @@ def load_config(directory: Path, *, strict: bool = True) -> tuple[Config, list[P
                 )
         partners.append(profile)
     config = Config(directory, settings, tuple(partners))
+    expiring = _certificate_expiry(config)
+    if strict:
+        # At start an expiring certificate is logged, not fatal: the gateway keeps
+        # working for every other partner; `gateway config check` reports it as a problem.
+        for problem in expiring:
+            log.warning("certificate: %s", problem)
+    else:
+        problems.extend(expiring)
     if strict and problems:
         raise ConfigError(problems)
     return config, problems
+
+
+# --- AS2 settings --------------------------------------------------------------------
+
+_AS2_PARTNER_KEYS = {f.name for f in PartnerAs2.__dataclass_fields__.values()}
+
+
+def load_certificates(path: Path) -> list[Any]:
+    """Every X.509 certificate in a PEM or DER file (``cryptography`` objects)."""
+    from cryptography import x509
+
+    data = path.read_bytes()
+    if b"-----BEGIN" in data:
+        return list(x509.load_pem_x509_certificates(data))
+    return [x509.load_der_x509_certificate(data)]
+
+
+def _file_setting(r: _Reader, table: Mapping[str, Any], key: str, prefix: str) -> Path | None:
+    value = r.get(table, key, str, "", prefix)
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_absolute():
+        path = (r.path.parent / path).resolve()
+    if not path.is_file():
+        r.problem(prefix + key, f"{path} does not exist")
+        return None
+    return path
+
+
+def _check_certificates(r: _Reader, key: str, path: Path) -> None:
+    try:
+        certs = load_certificates(path)
+    except (OSError, ValueError) as exc:
+        r.problem(key, f"{path} holds no readable certificate: {exc}")
+        return
+    if not certs:
+        r.problem(key, f"{path} holds no certificate")
+
+
+def _as2_settings(r: _Reader, table: Mapping[str, Any]) -> As2Settings:
+    prefix = "as2."
+    path = r.get(table, "path", str, "/as2", prefix)
+    if not path.startswith("/") or any(c.isspace() for c in path):
+        r.problem(prefix + "path", f"{path!r}: the endpoint path starts with / and has no spaces")
+        path = "/as2"
+    settings = As2Settings(
+        path=path,
+        certificate=_file_setting(r, table, "certificate", prefix),
+        private_key=_file_setting(r, table, "private_key", prefix),
+        key_password=r.secret(table, "key_password", prefix),
+        tls_certificate=_file_setting(r, table, "tls_certificate", prefix),
+        tls_key=_file_setting(r, table, "tls_key", prefix),
+    )
+    if ("tls_certificate" in table) != ("tls_key" in table):
+        r.problem(prefix + "tls_certificate", "HTTPS needs both tls_certificate and tls_key")
+    if settings.certificate is not None:
+        problem = _check_own_key(settings)
+        if problem:
+            r.problem(prefix + "certificate", problem)
+    return settings
+
+
+def _check_own_key(settings: As2Settings) -> str | None:
+    """Whether our key loads and belongs to our certificate; a reason when it does not."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    assert settings.certificate is not None
+    try:
+        password = settings.key_password.read().encode() if settings.key_password else None
+    except ConfigError as exc:
+        return f"key_password: {exc.message}"
+    try:
+        data = settings.certificate.read_bytes()
+        if settings.private_key is None:
+            key, cert, _ = pkcs12.load_key_and_certificates(data, password)
+            if key is None or cert is None:
+                return f"{settings.certificate}: PKCS#12 without key and certificate (or set private_key)"
+        else:
+            cert = load_certificates(settings.certificate)[0]
+            kdata = settings.private_key.read_bytes()
+            key = (
+                serialization.load_pem_private_key(kdata, password)
+                if b"-----BEGIN" in kdata
+                else serialization.load_der_private_key(kdata, password)
+            )
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        return f"cannot load our AS2 key/certificate: {exc}"
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(serialization.Encoding.DER, spki) != cert.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    ):
+        return "the private key does not belong to the certificate"
+    return None
+
+
+def _names(
+    r: _Reader, table: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: tuple[str, ...]
+) -> tuple[str, ...]:
+    values = table.get(key, list(default))
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        r.problem("as2." + key, "must be a list of strings")
+        return default
+    out = tuple(v.lower() for v in values)
+    bad = [v for v in out if v not in allowed]
+    if bad:
+        r.problem("as2." + key, f"unknown {', '.join(bad)} (known: {', '.join(allowed)})")
+        return tuple(v for v in out if v in allowed) or default
+    return out
+
+
+def _choice(r: _Reader, table: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
+    value = r.get(table, key, str, default, "as2.").lower()
+    if value not in allowed:
+        r.problem("as2." + key, f"{value!r}: use one of {', '.join(allowed)}")
+        return default
+    return value
+
+
+def _partner_as2(r: _Reader, table: Mapping[str, Any]) -> PartnerAs2:
+    prefix = "as2."
+    r.unknown(table, _AS2_PARTNER_KEYS, prefix)
+    d = PartnerAs2()
+
+    def paths(key: str) -> tuple[Path, ...]:
+        values = table.get(key, [])
+        if isinstance(values, str):
+            values = [values]
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            r.problem(prefix + key, "must be a list of file names")
+            return ()
+        found: list[Path] = []
+        for value in values:
+            path = Path(value) if Path(value).is_absolute() else (r.path.parent / value).resolve()
+            if not path.is_file():
+                r.problem(prefix + key, f"{path} does not exist")
+                continue
+            _check_certificates(r, prefix + key, path)
+            found.append(path)
+        return tuple(found)
+
+    certificates = paths("certificates")
+    encryption_certificates = paths("encryption_certificates") or certificates[:1]
+    url = r.get(table, "url", str, "", prefix) or None
+    if url is not None and not re.match(r"^https?://[^\s]+$", url):
+        r.problem(prefix + "url", f"{url!r} is not an http(s) URL")
+        url = None
+    as2 = PartnerAs2(
+        certificates=certificates,
+        encryption_certificates=encryption_certificates,
+        require_signature=r.get(table, "require_signature", bool, d.require_signature, prefix),
+        require_encryption=r.get(table, "require_encryption", bool, d.require_encryption, prefix),
+        allow_compression=r.get(table, "allow_compression", bool, d.allow_compression, prefix),
+        digests=_names(r, table, "digests", AS2_DIGESTS, d.digests),
+        ciphers=_names(r, table, "ciphers", AS2_CIPHERS, d.ciphers),
+        key_transports=_names(r, table, "key_transports", AS2_KEY_TRANSPORTS, d.key_transports),
+        url=url,
+        sign=r.get(table, "sign", bool, d.sign, prefix),
+        encrypt=r.get(table, "encrypt", bool, d.encrypt, prefix),
+        compress=r.get(table, "compress", bool, d.compress, prefix),
+        sign_digest=_choice(r, table, "sign_digest", AS2_DIGESTS, d.sign_digest),
+        cipher=_choice(r, table, "cipher", AS2_CIPHERS, d.cipher),
+        key_transport=_choice(r, table, "key_transport", AS2_KEY_TRANSPORTS, d.key_transport),
+        mdn_mode=_choice(r, table, "mdn_mode", AS2_MDN_MODES, d.mdn_mode),
+        mdn_signed=r.get(table, "mdn_signed", bool, d.mdn_signed, prefix),
+        mdn_digest=_choice(r, table, "mdn_digest", AS2_DIGESTS, d.mdn_digest),
+    )
+    if as2.require_signature and not certificates:
+        r.problem(prefix + "certificates", "a signature is required but no certificate verifies it")
+    if (as2.encrypt or as2.url) and as2.encrypt and not encryption_certificates:
+        r.problem(prefix + "encryption_certificates", "encrypt = true needs a certificate to encrypt to")
+    return as2
+
+
+def _certificate_expiry(config: Config) -> list[Problem]:
+    """Certificates (ours and the partners') that expire within the warning window."""
+    window = timedelta(days=config.settings.cert_expiry_warning_days)
+    now = datetime.now(UTC)
+    named: list[tuple[str, str, Path]] = []
+    ours = config.settings.as2_settings
+    gw_file = str(config.directory / "gateway.toml")
+    for key in ("certificate", "tls_certificate"):
+        path = getattr(ours, key)
+        if path is not None:
+            named.append((gw_file, f"as2.{key}", path))
+    for partner in config.partners:
+        if partner.as2 is not None:
+            for path in dict.fromkeys(partner.as2.certificates + partner.as2.encryption_certificates):
+                named.append((str(partner.source), "as2.certificates", path))
+    problems: list[Problem] = []
+    for file, key, path in named:
+        try:
+            certs = load_certificates(path) if path.suffix.lower() not in {".p12", ".pfx"} else []
+        except (OSError, ValueError):
+            continue  # reported where the setting is read
+        for cert in certs[:1]:
+            until = cert.not_valid_after_utc
+            if until <= now:
+                problems.append(Problem(file, None, f"{path.name} expired on {until:%Y-%m-%d}", field=key))
+            elif until - now <= window:
+                problems.append(
+                    Problem(
+                        file,
+                        None,
+                        f"{path.name} expires on {until:%Y-%m-%d}, within "
+                        f"{config.settings.cert_expiry_warning_days} days",
+                        field=key,
+                    )
+                )
+    return problems

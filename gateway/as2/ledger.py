@@ -1,0 +1,272 @@
+"""The AS2 message ledger: Message-ID + partner -> raw message, MDN, disposition, MIC.
+
+It is what makes a resend exactly-once: a message whose Message-ID from that partner
+was already acknowledged positively gets the very same MDN again and is not accepted
+a second time. It also keeps every MDN we sent (and, for async MDNs, their delivery
+state) so they can be shown with the interaction.
+
+The table lives on the store's declarative Base (migration ``0003``) and is reached
+through the store's public engines.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, Index, Integer, LargeBinary, String, Text, UniqueConstraint, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from gateway.errors import StoreUnavailable
+from gateway.store import Store
+from gateway.store.models import Base
+
+
+class As2MessageRow(Base):
+    __tablename__ = "as2_messages"
+    __table_args__ = (
+        UniqueConstraint("direction", "partner_id", "message_id"),
+        Index("ix_as2_messages_raw_id", "raw_id"),
+        Index("ix_as2_messages_async_state", "async_state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: "in" (received) or "out" (sent)
+    direction: Mapped[str] = mapped_column(String(8))
+    partner_id: Mapped[str] = mapped_column(String(200))
+    #: the AS2 Message-ID without angle brackets
+    message_id: Mapped[str] = mapped_column(String(1000))
+    as2_from: Mapped[str] = mapped_column(String(200))
+    as2_to: Mapped[str] = mapped_column(String(200))
+    raw_id: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[datetime]
+    #: "processed" or the error modifier ("authentication-failed", ...)
+    status: Mapped[str] = mapped_column(String(64))
+    disposition: Mapped[str] = mapped_column(String(500))
+    mic: Mapped[str | None] = mapped_column(String(200))
+    mic_alg: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    #: MDN as sent (received, for outbound): JSON list of [name, value] and the body
+    mdn_headers: Mapped[str | None] = mapped_column(Text)
+    mdn_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    mdn_message_id: Mapped[str | None] = mapped_column(String(1000))
+    #: async MDN delivery: URL, "pending" / "delivered" / "expired", attempts, last error
+    async_url: Mapped[str | None] = mapped_column(String(2000))
+    async_state: Mapped[str | None] = mapped_column(String(16))
+    async_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    async_next_at: Mapped[datetime | None]
+    async_error: Mapped[str | None] = mapped_column(Text)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    id: str
+    direction: str
+    partner_id: str
+    message_id: str
+    as2_from: str
+    as2_to: str
+    raw_id: str | None
+    at: datetime
+    status: str
+    disposition: str
+    mic: str | None
+    mic_alg: str | None
+    reason: str | None
+    mdn_headers: tuple[tuple[str, str], ...]
+    mdn_body: bytes | None
+    mdn_message_id: str | None
+    async_url: str | None
+    async_state: str | None
+    async_attempts: int
+    async_next_at: datetime | None
+    async_error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "processed"
+
+    def mdn_bytes(self) -> bytes | None:
+        if self.mdn_body is None:
+            return None
+        head = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in self.mdn_headers)
+        return head + b"\r\n" + self.mdn_body
+
+
+def _entry(row: As2MessageRow) -> LedgerEntry:
+    headers = tuple((str(k), str(v)) for k, v in json.loads(row.mdn_headers or "[]"))
+    return LedgerEntry(
+        id=row.id,
+        direction=row.direction,
+        partner_id=row.partner_id,
+        message_id=row.message_id,
+        as2_from=row.as2_from,
+        as2_to=row.as2_to,
+        raw_id=row.raw_id,
+        at=row.at,
+        status=row.status,
+        disposition=row.disposition,
+        mic=row.mic,
+        mic_alg=row.mic_alg,
+        reason=row.reason,
+        mdn_headers=headers,
+        mdn_body=row.mdn_body,
+        mdn_message_id=row.mdn_message_id,
+        async_url=row.async_url,
+        async_state=row.async_state,
+        async_attempts=row.async_attempts,
+        async_next_at=row.async_next_at,
+        async_error=row.async_error,
+    )
+
+
+class Ledger:
+    def __init__(self, store: Store) -> None:
+        self._engine: Engine = store.engine
+        self._writer = store.write_engine
+
+    def _session(self, write: bool) -> Session:
+        return Session(self._writer if write else self._engine, expire_on_commit=False)
+
+    def find(self, direction: str, partner_id: str, message_id: str) -> LedgerEntry | None:
+        try:
+            with self._session(False) as s, s.begin():
+                row = s.scalars(
+                    select(As2MessageRow).where(
+                        As2MessageRow.direction == direction,
+                        As2MessageRow.partner_id == partner_id,
+                        As2MessageRow.message_id == message_id,
+                    )
+                ).first()
+                return None if row is None else _entry(row)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"AS2 ledger: lookup failed: {exc}") from exc
+
+    def record(
+        self,
+        *,
+        direction: str,
+        partner_id: str,
+        message_id: str,
+        as2_from: str,
+        as2_to: str,
+        raw_id: str | None,
+        status: str,
+        disposition: str,
+        mic: str | None = None,
+        mic_alg: str | None = None,
+        reason: str | None = None,
+        mdn_headers: tuple[tuple[str, str], ...] = (),
+        mdn_body: bytes | None = None,
+        mdn_message_id: str | None = None,
+        async_url: str | None = None,
+    ) -> tuple[LedgerEntry, bool]:
+        """Record a message's outcome. Returns (entry, created).
+
+        A positive entry already on file wins (a concurrent resend): it is returned with
+        ``created`` False and nothing is changed. A negative one is replaced, because a
+        resend after a refusal is processed again.
+        """
+        now = datetime.now(UTC)
+        values: Mapping[str, object] = {
+            "as2_from": as2_from,
+            "as2_to": as2_to,
+            "raw_id": raw_id,
+            "at": now,
+            "status": status,
+            "disposition": disposition,
+            "mic": mic,
+            "mic_alg": mic_alg,
+            "reason": reason,
+            "mdn_headers": json.dumps([list(h) for h in mdn_headers]),
+            "mdn_body": mdn_body,
+            "mdn_message_id": mdn_message_id,
+            "async_url": async_url,
+            "async_state": "pending" if async_url else None,
+            "async_attempts": 0,
+            "async_next_at": now if async_url else None,
+            "async_error": None,
+        }
+        key = (
+            As2MessageRow.direction == direction,
+            As2MessageRow.partner_id == partner_id,
+            As2MessageRow.message_id == message_id,
+        )
+        try:
+            with self._session(True) as s, s.begin():
+                row = s.scalars(select(As2MessageRow).where(*key)).first()
+                if row is not None:
+                    if row.status == "processed":
+                        return _entry(row), False
+                    for name, value in values.items():
+                        setattr(row, name, value)
+                    s.flush()
+                    return _entry(row), True
+                row = As2MessageRow(
+                    id=uuid.uuid4().hex,
+                    direction=direction,
+                    partner_id=partner_id,
+                    message_id=message_id,
+                    **values,
+                )
+                s.add(row)
+                s.flush()
+                return _entry(row), True
+        except IntegrityError:
+            # Lost a race with a concurrent resend on PostgreSQL: theirs is the answer.
+            found = self.find(direction, partner_id, message_id)
+            if found is None:
+                raise StoreUnavailable("AS2 ledger: insert conflicted but no row found") from None
+            return found, False
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"AS2 ledger: record failed: {exc}") from exc
+
+    def due_async(self, now: datetime | None = None, limit: int = 50) -> list[LedgerEntry]:
+        now = now or datetime.now(UTC)
+        try:
+            with self._session(False) as s, s.begin():
+                rows = s.scalars(
+                    select(As2MessageRow)
+                    .where(As2MessageRow.async_state == "pending", As2MessageRow.async_next_at <= now)
+                    .order_by(As2MessageRow.async_next_at)
+                    .limit(limit)
+                ).all()
+                return [_entry(r) for r in rows]
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"AS2 ledger: async lookup failed: {exc}") from exc
+
+    def async_result(
+        self, entry_id: str, *, state: str, attempts: int, next_at: datetime | None, error: str | None
+    ) -> None:
+        try:
+            with self._session(True) as s, s.begin():
+                s.execute(
+                    update(As2MessageRow)
+                    .where(As2MessageRow.id == entry_id)
+                    .values(
+                        async_state=state, async_attempts=attempts, async_next_at=next_at, async_error=error
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"AS2 ledger: async update failed: {exc}") from exc
+
+    def for_raw(self, raw_id: str) -> LedgerEntry | None:
+        try:
+            with self._session(False) as s, s.begin():
+                row = s.scalars(select(As2MessageRow).where(As2MessageRow.raw_id == raw_id)).first()
+                return None if row is None else _entry(row)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"AS2 ledger: lookup failed: {exc}") from exc
+
+
+def mdn_for_raw(store: Store, raw_id: str) -> LedgerEntry | None:
+    """The AS2 facts of a raw message: Message-ID, disposition, MIC and the MDN we returned.
+
+    For ``gateway interactions show``: the interaction's raw message id in, the ledger
+    entry (``mdn_bytes()`` is the MDN as sent) out; None for a message not from AS2.
+    """
+    return Ledger(store).for_raw(raw_id)
