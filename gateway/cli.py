@@ -209,6 +209,25 @@ def _report(result: Any, path: Path | None, as_json: bool) -> int:
         else:
             print(f"{name}: duplicate of {result.duplicate_of_raw} (nothing new stored)")
         return 0
+    if result.stored_count and not result.records:
+        # A large interchange: its records went to the store in batches, not kept here.
+        if as_json:
+            _emit(
+                {
+                    "stored": {
+                        "raw_id": result.raw.id,
+                        "interactions": result.stored_count,
+                        "duplicates": result.duplicate_count,
+                    },
+                    "file": name,
+                }
+            )
+        else:
+            print(
+                f"{name}: stored {result.stored_count} interaction(s), {result.duplicate_count} duplicate(s);"
+                f" list them with: gateway interactions"
+            )
+        return 0
     for rec in result.records:
         if as_json:
             _emit(rec.to_json())

@@ -9,6 +9,8 @@ quarantined with its stage and reason, so nothing accepted is lost.
 from __future__ import annotations
 
 import logging
+import pickle
+import tempfile
 import threading
 import time
 import uuid
@@ -54,10 +56,54 @@ class StageTimes:
 class ProcessResult:
     raw: RawMessage
     state: RawState
+    #: the interactions stored now; empty for a large interchange that was spooled
+    #: (see ``stored_count``), whose records are read back from the store instead
     records: tuple[InteractionRecord, ...] = ()
     duplicate_records: tuple[str, ...] = ()
     duplicate_of_raw: str | None = None
     quarantine: QuarantineEntry | None = None
+    stored_count: int = 0
+    duplicate_count: int = 0
+
+
+#: more records than this from one raw message are spooled to disk before storing
+SPOOL_AFTER = 2_000
+_SPOOL_BATCH = 1_000
+
+
+class _Spool:
+    """Records of one raw message in a private temporary file, in pickled batches.
+
+    Only the gateway's own objects, written and read back by this process, go through
+    pickle here; nothing received from outside is ever unpickled.
+    """
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="gateway-spool-")  # noqa: SIM115 - closed by close()
+        self._pending: list[tuple[InteractionRecord, str]] = []
+
+    def add(self, item: tuple[InteractionRecord, str]) -> None:
+        self._pending.append(item)
+        if len(self._pending) >= _SPOOL_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            pickle.dump(self._pending, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+            self._pending = []
+
+    def batches(self) -> Iterator[list[tuple[InteractionRecord, str]]]:
+        self._flush()
+        self._file.seek(0)
+        while True:
+            try:
+                batch: list[tuple[InteractionRecord, str]] = pickle.load(self._file)
+            except EOFError:
+                return
+            yield batch
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class _Clock:
@@ -210,15 +256,33 @@ class Pipeline:
             self.store.mark_duplicate(raw.id, first.id)
             mlog.info("same bytes as %s: recorded as duplicate", first.id)
             return ProcessResult(raw, RawState.DUPLICATE, duplicate_of_raw=first.id)
+        records: list[tuple[InteractionRecord, str]] = []
+        spool: _Spool | None = None
         try:
-            records = self._build_records(raw)
+            for item in self._iter_records(raw):
+                if spool is not None:
+                    spool.add(item)
+                    continue
+                records.append(item)
+                if len(records) >= SPOOL_AFTER:
+                    # A large interchange: keep the records on disk until the store takes
+                    # them, so memory stays flat however many sets it holds.
+                    spool = _Spool()
+                    for kept in records:
+                        spool.add(kept)
+                    records = []
         except QuarantineSignal as signal:
+            if spool is not None:
+                spool.close()
             entry = self.store.quarantine(raw.id, signal.stage.value, signal.reason)
             mlog.warning("quarantined at %s: %s", signal.stage.value, signal.reason)
             return ProcessResult(raw, RawState.QUARANTINED, quarantine=entry)
         start = time.perf_counter()
         try:
-            outcome: StoreOutcome = self.store.store_interactions(raw.id, records)
+            if spool is None:
+                outcome: StoreOutcome = self.store.store_interactions(raw.id, records)
+            else:
+                outcome = self.store.store_interaction_batches(raw.id, spool.batches())
         except StoreUnavailable:
             raise
         except GatewayError as exc:
@@ -226,19 +290,25 @@ class Pipeline:
             return ProcessResult(raw, RawState.QUARANTINED, quarantine=entry)
         finally:
             self.times.add(Stage.STORE, time.perf_counter() - start)
-        stored_ids = {r.record_id for r in outcome.records if r.duplicate_of is None}
+            if spool is not None:
+                spool.close()
+        new_ids = {r.record_id for r in outcome.records if r.duplicate_of is None}
         dup_ids = tuple(r.duplicate_of for r in outcome.records if r.duplicate_of is not None)
-        stored = tuple(rec for rec, _ in records if rec.id in stored_ids)
-        mlog.info("stored %d interaction(s), %d already on file", len(stored), len(dup_ids))
+        stored = tuple(rec for rec, _ in records if rec.id in new_ids)
+        mlog.info("stored %d interaction(s), %d already on file", len(new_ids), len(dup_ids))
         return ProcessResult(
             raw,
             outcome.state,
             records=stored,
-            duplicate_records=dup_ids,
+            duplicate_records=dup_ids if spool is None else (),
             duplicate_of_raw=outcome.duplicate_of_raw,
+            stored_count=len(new_ids),
+            duplicate_count=len(dup_ids),
         )
 
-    def _build_records(self, raw: RawMessage) -> list[tuple[InteractionRecord, str]]:
+    def _iter_records(self, raw: RawMessage) -> Iterator[tuple[InteractionRecord, str]]:
+        """Parse and map lazily. Raises QuarantineSignal, possibly after yielding records
+        (an envelope trailer is checked after the sets it closes): consume it all."""
         times = self.times
         try:
             data = self.archive.get(raw.sha256)
@@ -247,9 +317,8 @@ class Pipeline:
                 Stage.ARCHIVE, f"raw message missing from the archive: {exc.strerror}"
             ) from exc
         facts = dict(raw.transport)
-        start = time.perf_counter()
         stage = Stage.DETECT
-        records: list[tuple[InteractionRecord, str]] = []
+        produced = 0
         ids_by_unit: dict[int, str] = {}
         warnings: list[EnvelopeError] = []
         options = ParseOptions(
@@ -269,11 +338,14 @@ class Pipeline:
                     times.add(Stage.PARSE, time.perf_counter() - t0)
                     break
                 times.add(Stage.PARSE, time.perf_counter() - t0)
+                if parent is None:
+                    ids_by_unit.clear()  # only the current top-level unit's family is linked
                 stage = Stage.MAP
-                record, key = self._record_for(raw, unit, parent, ids_by_unit)
-                records.append((record, key))
+                item = self._record_for(raw, unit, parent, ids_by_unit)
                 times.units += 1
+                produced += 1
                 stage = Stage.PARSE
+                yield item
         except InputError as exc:
             raise QuarantineSignal(exc.stage or stage, exc.message) from exc
         except GatewayError as exc:
@@ -284,15 +356,13 @@ class Pipeline:
             raise QuarantineSignal(
                 stage, f"internal error at {stage.value}: {type(exc).__name__}: {exc}"
             ) from exc
-        if not records:
+        if not produced:
             raise QuarantineSignal(Stage.PARSE, "the message holds no business document")
-        del start
         for warning in warnings:
             for_message(log, raw.id, raw.channel).warning(
                 "envelope accepted with a fault: %s", warning.message
             )
             self.store.audit("envelope_warning", raw.id, warning.message)
-        return records
 
     def _record_for(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
@@ -122,6 +122,15 @@ class InteractionRecord:
         object.__setattr__(self, "sender", _ro(self.sender))
         object.__setattr__(self, "references", _ro(self.references))
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Read-only mapping views cannot be pickled; plain dicts go in, __post_init__
+        # wraps them again. (The pipeline spools large interchanges' records to disk.)
+        values = tuple(
+            dict(v) if isinstance(v, MappingProxyType) else v
+            for v in (getattr(self, f.name) for f in fields(self))
+        )
+        return (type(self), values)
 
     def to_json(self) -> dict[str, Any]:
         """The CLI's JSON form (field names fixed by the issue tracker)."""

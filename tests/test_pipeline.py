@@ -252,3 +252,42 @@ def test_message_refused_on_the_wire_is_kept_and_quarantined(pipeline: Pipeline)
     assert result.quarantine is not None
     assert result.quarantine.stage == "receive"
     assert "authentication-failed" in result.quarantine.reason
+
+
+def _big_x12(sets: int, icn: int = 500, *, with_iea: bool = True) -> bytes:
+    segs: list[str] = []
+    for n in range(1, sets + 1):
+        body = [f"ST*850*{n:04d}", f"BEG*00*SA*PO-{n}**20240105", "PO1*1*2*EA*1.50**VP*P-1", "CTT*1"]
+        body.append(f"SE*{len(body) + 1}*{n:04d}")
+        segs += body
+    isa = f"ISA*00*          *00*          *ZZ*DEMOPARTNER    *ZZ*GATEWAY        *240105*1200*U*00401*{icn:09d}*0*P*>"
+    parts = [isa, f"GS*PO*DEMOPARTNER*GATEWAY*20240105*1200*{icn}*X*004010", *segs, f"GE*{sets}*{icn}"]
+    if with_iea:
+        parts.append(f"IEA*1*{icn:09d}")
+    return ("~".join(parts) + "~").encode()
+
+
+def test_large_interchange_is_spooled_and_stored_whole(pipeline: Pipeline) -> None:
+    from gateway.pipeline import SPOOL_AFTER
+
+    sets = SPOOL_AFTER + 500
+    result = _ingest(pipeline, _big_x12(sets))
+    assert result.state == RawState.STORED
+    assert result.stored_count == sets
+    assert result.records == ()  # spooled: read them back from the store
+    assert pipeline.store.counts()["interactions"] == sets
+    # the whole interchange again: every set is a duplicate, nothing new
+    again = _ingest(pipeline, _big_x12(sets).replace(b"~", b"~\n"))
+    assert again.state == RawState.DUPLICATE
+    assert again.duplicate_count == sets
+    assert pipeline.store.counts()["interactions"] == sets
+
+
+def test_large_interchange_with_a_bad_trailer_stores_nothing(pipeline: Pipeline) -> None:
+    from gateway.pipeline import SPOOL_AFTER
+
+    result = _ingest(pipeline, _big_x12(SPOOL_AFTER + 10, icn=501, with_iea=False))
+    assert result.state == RawState.QUARANTINED
+    assert result.quarantine is not None
+    assert "IEA" in result.quarantine.reason
+    assert pipeline.store.counts()["interactions"] == 0

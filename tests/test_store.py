@@ -869,3 +869,43 @@ def test_store_many_records_with_duplicates(store: Store) -> None:
     assert again.duplicate_of_raw == raw1
     assert all(r.duplicate_of == f"r-{n}" for n, r in zip(range(8, count), again.records, strict=True))
     assert store.counts()["interactions"] == count
+
+
+def test_batches_are_one_transaction_with_cross_batch_dedup(store: Store) -> None:
+    raw_id = add(store, b"big interchange")
+    assert store.claim_id(raw_id, "w") is not None
+    batches = [
+        [(record("b1"), "k1"), (record("b2"), "k2")],
+        [(record("b3"), "k2"), (record("b4"), "k3")],
+    ]
+    outcome = store.store_interaction_batches(raw_id, iter(batches))
+    assert outcome.state == RawState.STORED
+    assert [(r.record_id, r.duplicate_of) for r in outcome.records] == [
+        ("b1", None),
+        ("b2", None),
+        ("b3", "b2"),
+        ("b4", None),
+    ]
+    assert {r.id for r in store.list_interactions()} == {"b1", "b2", "b4"}
+
+
+def test_a_failing_batch_stream_stores_nothing(store: Store) -> None:
+    raw_id = add(store, b"truncated interchange")
+    assert store.claim_id(raw_id, "w") is not None
+
+    class TrailerMissing(Exception):
+        pass
+
+    def batches() -> Iterator[list[tuple[InteractionRecord, str]]]:
+        yield [(record("c1"), "c1")]
+        raise TrailerMissing("IEA missing")
+
+    with pytest.raises(TrailerMissing):
+        store.store_interaction_batches(raw_id, batches())
+    assert store.list_interactions() == []
+    raw = store.get_raw(raw_id)
+    assert raw is not None
+    assert raw.state == RawState.PROCESSING
+    # the message can still be quarantined and later stored whole
+    store.quarantine(raw_id, "parse", "IEA missing")
+    assert store.get_raw(raw_id).state == RawState.QUARANTINED  # type: ignore[union-attr]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -571,76 +571,107 @@ class Store:
         are no records, or when every duplicate belongs to this same raw message, i.e.
         a replay of an already stored message), otherwise DUPLICATE.
         """
+        return self.store_interaction_batches(raw_id, [records])
+
+    def store_interaction_batches(
+        self, raw_id: str, batches: Iterable[Sequence[tuple[InteractionRecord, str]]]
+    ) -> StoreOutcome:
+        """:meth:`store_interactions` for more records than fit in memory.
+
+        Every batch goes into the same transaction, so a raw message is stored whole
+        or not at all; if iterating ``batches`` raises, nothing is stored and the
+        exception propagates. A dedup key seen in an earlier batch of the same call
+        makes the later record a duplicate of the earlier one.
+        """
         now = _now()
-        # The first record with each dedup key is the candidate for that key; later
-        # ones in the same call are duplicates of it.
-        first: dict[str, InteractionRecord] = {}
-        partners: dict[str, dict[str, Any]] = {}
-        for record, dedup_key in records:
-            first.setdefault(dedup_key, record)
-            ref = record.partner
-            if ref is not None and ref.id not in partners and ref.id not in self._known_partners:
-                # A record naming a partner that was never synced must not fail on the
-                # foreign key and retry forever: an inactive placeholder is created.
-                partners[ref.id] = {
-                    "id": ref.id,
-                    "name": ref.name or ref.id,
-                    "active": False,
-                    "updated_at": now,
-                }
+        added_partners: dict[str, dict[str, Any]] = {}
         try:
-            outcome = self._store_interactions(raw_id, records, first, partners, now)
-        except StoreUnavailable:
+            outcome = self._store_interactions(raw_id, batches, added_partners, now)
+        except BaseException:
             self._known_partners.clear()
             raise
-        self._known_partners.update(partners)
+        self._known_partners.update(added_partners)
         return outcome
 
     def _store_interactions(
         self,
         raw_id: str,
-        records: Sequence[tuple[InteractionRecord, str]],
-        first: dict[str, InteractionRecord],
-        partners: dict[str, dict[str, Any]],
+        batches: Iterable[Sequence[tuple[InteractionRecord, str]]],
+        added_partners: dict[str, dict[str, Any]],
         now: datetime,
     ) -> StoreOutcome:
         sql = self._sql
         with self._conn("store_interactions", relaxed=True) as conn:
             lock = self._lock_raw(conn, raw_id)
-            if partners:
-                conn.execute(sql.ensure_partners, list(partners.values()))
-            # Every candidate in one executemany, ON CONFLICT (dedup_key) DO NOTHING.
-            # In the usual case every row goes in (rowcount says so) and nothing else is
-            # asked. Otherwise the owners of the candidate keys are read back: a key
-            # whose owner is not our record belongs to an earlier interaction, or to one
-            # a concurrent transaction (another node) committed first, which PostgreSQL
-            # made our insert wait for and then skip.
-            owners: dict[str, tuple[str, str]] = {}
-            if first:
-                inserted = conn.execute(
-                    sql.insert_interactions,
-                    [_interaction_values(rec, key, raw_id, now) for key, rec in first.items()],
-                ).rowcount
-                if inserted != len(first):
-                    owners = self._key_owners(conn, list(first))
-                    owners = {key: owner for key, owner in owners.items() if owner != (first[key].id, raw_id)}
             stored: list[StoredRecord] = []
-            new: list[InteractionRecord] = []
+            new_count = 0
             duplicate_of_raw: str | None = None
-            for record, dedup_key in records:
-                owner = owners.get(dedup_key)
-                if owner is not None:
-                    stored.append(StoredRecord(record.id, owner[0]))
-                    if owner[1] != raw_id and duplicate_of_raw is None:
-                        duplicate_of_raw = owner[1]
-                elif first[dedup_key] is record:
-                    stored.append(StoredRecord(record.id, None))
-                    new.append(record)
-                else:
-                    stored.append(StoredRecord(record.id, first[dedup_key].id))
-            if new:
-                _insert_children(conn, sql, new)
-            if new or duplicate_of_raw is None:
+            # record id of the first record with each key in this call: later ones are
+            # its duplicates (the table's unique key catches the cross-batch case too,
+            # but the owner read-back is then needed, which this avoids)
+            seen: dict[str, str] = {}
+            for records in batches:
+                first: dict[str, InteractionRecord] = {}
+                partners: dict[str, dict[str, Any]] = {}
+                for record, dedup_key in records:
+                    if dedup_key not in seen:
+                        first.setdefault(dedup_key, record)
+                    ref = record.partner
+                    if (
+                        ref is not None
+                        and ref.id not in partners
+                        and ref.id not in added_partners
+                        and ref.id not in self._known_partners
+                    ):
+                        # A record naming a partner that was never synced must not fail
+                        # on the foreign key and retry forever: an inactive placeholder.
+                        partners[ref.id] = {
+                            "id": ref.id,
+                            "name": ref.name or ref.id,
+                            "active": False,
+                            "updated_at": now,
+                        }
+                if partners:
+                    conn.execute(sql.ensure_partners, list(partners.values()))
+                    added_partners.update(partners)
+                # Every candidate in one executemany, ON CONFLICT (dedup_key) DO NOTHING.
+                # In the usual case every row goes in (rowcount says so) and nothing else
+                # is asked. Otherwise the owners of the candidate keys are read back: a
+                # key whose owner is not our record belongs to an earlier interaction, or
+                # to one a concurrent transaction (another node) committed first, which
+                # PostgreSQL made our insert wait for and then skip.
+                owners: dict[str, tuple[str, str]] = {}
+                if first:
+                    inserted = conn.execute(
+                        sql.insert_interactions,
+                        [_interaction_values(rec, key, raw_id, now) for key, rec in first.items()],
+                    ).rowcount
+                    if inserted != len(first):
+                        owners = self._key_owners(conn, list(first))
+                        owners = {
+                            key: owner for key, owner in owners.items() if owner != (first[key].id, raw_id)
+                        }
+                new: list[InteractionRecord] = []
+                for record, dedup_key in records:
+                    owner = owners.get(dedup_key)
+                    if owner is not None:
+                        stored.append(StoredRecord(record.id, owner[0]))
+                        if owner[1] != raw_id and duplicate_of_raw is None:
+                            duplicate_of_raw = owner[1]
+                    elif dedup_key in seen:
+                        stored.append(StoredRecord(record.id, seen[dedup_key]))
+                    elif first[dedup_key] is record:
+                        stored.append(StoredRecord(record.id, None))
+                        new.append(record)
+                        seen[dedup_key] = record.id
+                    else:
+                        stored.append(StoredRecord(record.id, first[dedup_key].id))
+                for key in first:
+                    seen.setdefault(key, first[key].id if key not in owners else owners[key][0])
+                if new:
+                    _insert_children(conn, sql, new)
+                    new_count += len(new)
+            if new_count or duplicate_of_raw is None:
                 state = RawState.STORED
                 duplicate_of_raw = None
             else:
@@ -654,7 +685,7 @@ class Store:
                 conn,
                 state.value,
                 raw_id,
-                f"{len(new)} new, {len(stored) - len(new)} duplicate interaction(s)"
+                f"{new_count} new, {len(stored) - new_count} duplicate interaction(s)"
                 + (f"; duplicate of raw {duplicate_of_raw}" if duplicate_of_raw else ""),
             )
         return StoreOutcome(raw_id, state, tuple(stored), duplicate_of_raw)
