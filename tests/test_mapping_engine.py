@@ -628,3 +628,38 @@ def test_validate_records_names_the_bad_record() -> None:
     assert exc.value.index == 1
     assert exc.value.record is bad
     assert exc.value.message == single.value.message
+
+
+# --- anchored XPaths (//Name/rest evaluated at the document's only Name) -----------------
+
+
+def test_anchored_xpaths_match_plain_xpath(tmp_path: Path) -> None:
+    m = compiled(
+        tmp_path,
+        MATCH
+        + """<field name="references.po_number" xpath="//Transaction/BEG/BEG03"><trim/></field>
+<field name="references.both">
+  <xpath>//Transaction/CUR/CUR02 | //Transaction/TDS/TDS01</xpath>
+</field>
+<field name="references.deep" xpath="//Transaction//N1/N102[../N101='ST']"/>
+<field name="references.count" xpath="count(//Transaction/N1Loop)"/>
+<lines select="//Transaction/PO1Loop">
+  <field name="line_number" xpath="PO1/PO101"/>
+</lines>""",
+    )
+    one = m.apply(unit())
+    assert dict(one.references) == {"po_number": "PO-1", "both": "usd", "deep": "Depot", "count": "3"}
+    assert [ln.line_number for ln in one.lines] == ["1", "2"]
+    # two Transaction elements: the whole document is searched, as the XPath says
+    two = X12_850.replace(
+        b"</Transaction></Group>",
+        b"</Transaction><Transaction><BEG><BEG03>PO-2</BEG03></BEG><N1Loop/></Transaction></Group>",
+    )
+    r = m.apply(unit(two))
+    assert dict(r.references) == {"po_number": "PO-1", "both": "usd", "deep": "Depot", "count": "4"}
+    # none at all, then one again: nothing is kept from an earlier document
+    none = b"<Interchange><Other><BEG><BEG03>X</BEG03></BEG></Other></Interchange>"
+    r = m.apply(unit(none))
+    assert dict(r.references) == {"count": "0"}
+    assert r.lines == ()
+    assert m.apply(unit()) == one

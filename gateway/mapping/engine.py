@@ -145,6 +145,60 @@ _Apply = Callable[[Value, etree._Element | None, etree._Element], Value | None]
 _Eval = Callable[[etree._Element], Value | None]
 
 
+class _Anchors:
+    """The one element of each name that anchored XPaths (``//Message/...``) start
+    from, for the document being mapped (None: not exactly one, use the full XPath)."""
+
+    __slots__ = ("ctx", "found", "root")
+
+    def __init__(self) -> None:
+        self.ctx: etree._Element | None = None
+        self.root: etree._Element | None = None
+        self.found: dict[str, etree._Element | None] = {}
+
+    def clear(self) -> None:
+        self.ctx = self.root = None
+        self.found = {}
+
+    def get(self, ctx: etree._Element, name: str) -> etree._Element | None:
+        if ctx is not self.ctx:
+            root = ctx.getroottree().getroot()
+            if root is not self.root:
+                self.root = root
+                self.found = {}
+            self.ctx = ctx
+        found = self.found
+        if name in found:
+            return found[name]
+        assert self.root is not None
+        it = self.root.iter(name)
+        first = next(it, None)
+        if first is not None and next(it, None) is not None:
+            first = None
+        found[name] = first
+        return first
+
+
+_XPathFn = Callable[[etree._Element], Any]
+
+
+def _xpath_fn(expr: XPathExpr, anchors: _Anchors | None) -> _XPathFn:
+    """``expr`` as a function of the calling thread; an anchored one evaluates its
+    rest at the anchor element when the document has exactly one."""
+    full = expr.compiled()
+    rest = expr.anchored() if anchors is not None else None
+    if rest is None or anchors is None or expr.anchor is None:
+        return full
+    name = expr.anchor[0]
+    get = anchors.get
+
+    def anchored(ctx: etree._Element) -> Any:
+        el = get(ctx, name)
+        return full(ctx) if el is None else rest(el)
+
+    return anchored
+
+
 class _Transform:
     line: int | None = None
 
@@ -384,13 +438,14 @@ class Rule:
     def failure(self, file: str, label: str, exc: _RuleFailed) -> MappingError:
         return self._error(file, label, exc.value, exc.reason, exc.line)
 
-    def bind(self) -> _Eval:
+    def bind(self, anchors: _Anchors | None = None) -> _Eval:
         """This rule as one function for the calling thread: XPaths compiled, the
-        transform chain resolved, nothing looked up per call."""
-        xpaths: list[etree.XPath | None] = []
+        transform chain resolved, nothing looked up per call. ``anchors`` is shared by
+        the rules of one plan and cleared for every document."""
+        xpaths: list[_XPathFn | None] = []
         constants: list[str] = []
         for src in self.sources:
-            xpaths.append(None if src.xpath is None else src.xpath.compiled())
+            xpaths.append(None if src.xpath is None else _xpath_fn(src.xpath, anchors))
             constants.append(src.constant or "")
         sources = tuple(zip(xpaths, constants, strict=True))
         chain = tuple((t.bind(), t.line) for t in self.transforms)
@@ -543,15 +598,17 @@ class _Group:
     line: int | None
     skip_empty: bool = True
 
-    def bind(self) -> _BoundGroup:
+    def bind(self, anchors: _Anchors | None = None) -> _BoundGroup:
         return _BoundGroup(
-            self.select.compiled(), tuple((r.name, r.bind(), r) for r in self.rules), self.skip_empty
+            _xpath_fn(self.select, anchors),
+            tuple((r.name, r.bind(anchors), r) for r in self.rules),
+            self.skip_empty,
         )
 
 
 @dataclass(frozen=True)
 class _BoundGroup:
-    select: etree.XPath
+    select: _XPathFn
     rules: tuple[tuple[str, _Eval, Rule], ...]
     skip_empty: bool
 
@@ -563,6 +620,7 @@ class _Plan:
     header: tuple[tuple[str, _Eval, Rule], ...]
     lines: tuple[_BoundGroup, ...]
     parties: tuple[_BoundGroup, ...]
+    anchors: _Anchors
 
 
 @dataclass
@@ -668,10 +726,12 @@ class CompiledMapping:
     def _plan(self) -> _Plan:
         plan: _Plan | None = getattr(self._local, "plan", None)
         if plan is None:
+            anchors = _Anchors()
             plan = _Plan(
-                tuple((r.name, r.bind(), r) for r in self._rules),
-                tuple(g.bind() for g in self._lines),
-                tuple(g.bind() for g in self._parties),
+                tuple((r.name, r.bind(anchors), r) for r in self._rules),
+                tuple(g.bind(anchors) for g in self._lines),
+                tuple(g.bind(anchors) for g in self._parties),
+                anchors,
             )
             self._local.plan = plan
         return plan
@@ -683,6 +743,7 @@ class CompiledMapping:
         root: etree._Element = unit.tree
         for x in self._before:
             root = self._run_xslt(x, etree.ElementTree(root)).getroot()
+        plan.anchors.clear()
         header: dict[str, Value] = {}
         references: dict[str, str] = {}
         as_text = tf.as_text

@@ -47,6 +47,10 @@ def _number_text(value: float) -> str:
     return repr(value)
 
 
+#: ``//Name/rest``: a path that starts at every ``Name`` element of the document
+_ANCHORED = re.compile(r"//([A-Za-z_][A-Za-z0-9_.\-]*)(/.*)\Z", re.DOTALL)
+
+
 class XPathExpr:
     """An XPath 1.0 expression, compiled lazily once per thread."""
 
@@ -55,6 +59,28 @@ class XPathExpr:
         self._local = threading.local()
         # compile now so syntax errors surface at load time
         self._compiled()
+        #: for ``//Name/rest``: Name and ``./rest``, which gives the same result when
+        #: evaluated at the document's only ``Name`` element (a descendant search of
+        #: the whole document for every rule costs more than the rest of the path)
+        self.anchor: tuple[str, str] | None = None
+        m = _ANCHORED.match(expr)
+        if m is not None:
+            try:
+                etree.XPath("." + m.group(2))
+            except etree.XPathError:
+                pass
+            else:
+                self.anchor = (m.group(1), "." + m.group(2))
+
+    def anchored(self) -> etree.XPath | None:
+        """The calling thread's compiled ``./rest`` of an anchored expression."""
+        if self.anchor is None:
+            return None
+        xp: etree.XPath | None = getattr(self._local, "rest", None)
+        if xp is None:
+            xp = etree.XPath(self.anchor[1], smart_strings=True)
+            self._local.rest = xp
+        return xp
 
     def _compiled(self) -> etree.XPath:
         xp: etree.XPath | None = getattr(self._local, "xp", None)

@@ -82,6 +82,9 @@ _WS = " \t\r\n"
 _TRAILING_JUNK = " \t\r\n\x00\x1a"
 _TAG = re.compile(r"[A-Z][A-Z0-9]{2}")
 _ENVELOPE = frozenset({"UNA", "UNB", "UNG", "UNE", "UNZ"})
+# Segments a message body's fast path leaves to the general one.
+_NOT_BODY = _ENVELOPE | {"UNH", "UNT"}
+_XML_CACHE_SIZE = 4096
 # Placeholders for released element/component/repetition/terminator characters.
 _PLACEHOLDERS = "\ue000\ue001\ue002\ue003"
 _HAS_PLACEHOLDER = re.compile(f"[{_PLACEHOLDERS}]")
@@ -314,6 +317,11 @@ class _Tokens:
         illegal = "".join(c for c in _XML_ILLEGAL if c not in chars.separators())
         self.illegal = re.compile(f"[{re.escape(illegal)}]")
         self.check_illegal = self.illegal.search(text, start) is not None
+        #: body segments may be written straight from their pieces (``_Run._message``):
+        #: no control character to refuse, and no separator that could pass for a tag
+        self.plain_ok = not self.check_illegal and not any(c.isalnum() for c in chars.separators())
+        #: piece -> its XML, for the pieces the fast path wrote (segments repeat a lot)
+        self.xml_cache: dict[str, str] = {}
 
     # -- reading -------------------------------------------------------------------
 
@@ -721,7 +729,55 @@ class _Run:
         state: GroupState | None = start_state(structure) if structure is not None else None
         count = 1
         xml = self._xml
+        pieces = tokens.pieces
+        last = len(pieces) - 1
+        fast = tokens.plain_ok
+        rel = tokens.release
+        elem = tokens.chars.element
+        cached = tokens.xml_cache
         while True:
+            if fast:
+                # The usual body segment, cut and written straight from its piece: what
+                # tokens.next() + _segment + _xml would give, without a _Segment object.
+                # Anything unusual (release or layout characters, a tag with components,
+                # the last piece, envelope/UNH/UNT segments) takes the general path below.
+                index = tokens.index
+                while index < last:
+                    piece = pieces[index]
+                    text = cached.get(piece)
+                    if text is None:
+                        if (
+                            len(piece) < 3
+                            or (len(piece) > 3 and piece[3] != elem)
+                            or piece[0] in _WS
+                            or (rel is not None and rel in piece)
+                            or "\n" in piece
+                            or "\r" in piece
+                            or "&" in piece
+                            or "<" in piece
+                            or ">" in piece
+                        ):
+                            break
+                        tag = piece[:3]
+                        if tag in _NOT_BODY or not _TAG.fullmatch(tag):
+                            break
+                        text = _xml_raw(tag, piece, tokens.chars)
+                        if len(cached) >= _XML_CACHE_SIZE:
+                            cached.clear()
+                        cached[piece] = text
+                    else:
+                        tag = piece[:3]
+                    index += 1
+                    tokens.offset += len(piece) + 1
+                    count += 1
+                    if state is not None:
+                        moved = state.moves.get(tag) or state.move(tag)
+                        if moved[0]:
+                            out.append(moved[0])
+                        state = moved[1]
+                    out.append(text)
+                tokens.ordinal += index - tokens.index
+                tokens.index = index
             seg = tokens.next()
             if seg is None:
                 raise EnvelopeError(
