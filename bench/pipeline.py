@@ -59,18 +59,24 @@ def x12_850(n: int) -> bytes:
 
 
 def edifact_orders(count: int) -> bytes:
+    # Values vary per message and per line, as in real orders, so that no cache of
+    # repeated segments makes the figures look better than real data would.
     out = ["UNB+UNOC:3+DEMOPARTNER:ZZ+GATEWAY:ZZ+240101:1200+BIG1"]
     for m in range(1, count + 1):
         segs = [
             f"UNH+{m}+ORDERS:D:96A:UN:EAN008",
             f"BGM+220+PO{m:07d}+9",
-            "DTM+137:20240101:102",
-            "NAD+BY+5412345000013::9",
-            "NAD+SU+4012345000009::9",
+            f"DTM+137:2024{1 + m % 12:02d}{1 + m % 28:02d}:102",
+            f"NAD+BY+54123{m % 100000:05d}013::9",
+            f"NAD+SU+40123{(m * 7) % 100000:05d}009::9",
             "CUX+2:EUR:9",
         ]
         for i in range(1, 6):
-            segs += [f"LIN+{i}++40000000{i:05d}:EN", f"QTY+21:{i * 2}", f"PRI+AAA:{i}.50"]
+            segs += [
+                f"LIN+{i}++4{m % 1000000:06d}{i:05d}:EN",
+                f"QTY+21:{(m + i) % 97 + 1}",
+                f"PRI+AAA:{(m * i) % 500 + 1}.{i * 7 % 100:02d}",
+            ]
         segs += ["UNS+S", "CNT+2:5"]
         segs.append(f"UNT+{len(segs) + 1}+{m}")
         out.extend(segs)
