@@ -23,8 +23,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from adapters import Accept, Adapter, RunOptions
+from gateway.archive import Archive
 from gateway.as2.async_mdn import AsyncMdnSender
 from gateway.as2.ledger import Ledger, LedgerEntry
+from gateway.as2.outbound import OutboundSender, RetryPolicy, RetryScheduler
 from gateway.as2.profiles import As2Profiles, load_profiles
 from gateway.as2.receiver import Receiver
 from gateway.config import Config, parse_address
@@ -83,8 +85,21 @@ def build_app(receiver: Receiver, path: str, max_bytes: int) -> Starlette:
 class As2Adapter:
     name = "as2"
 
-    def __init__(self, config: Config, host: str, port: int, *, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        host: str,
+        port: int,
+        *,
+        data_dir: Path | None = None,
+        retry_policy: RetryPolicy | None = None,
+        retry_sweep_seconds: float = 30.0,
+    ) -> None:
         self.config = config
+        self.retry_policy = retry_policy
+        self.retry_sweep_seconds = retry_sweep_seconds
+        self.outbound: OutboundSender | None = None
+        self.retries: RetryScheduler | None = None
         self.host = host
         self.port = port
         self.data_dir = data_dir
@@ -123,15 +138,29 @@ class As2Adapter:
         self._own_store.migrate()
         return self._own_store
 
+    def _archive_for(self, accept: Accept) -> Archive:
+        archive = getattr(getattr(accept, "__self__", None), "archive", None)
+        if isinstance(archive, Archive):
+            return archive
+        return Archive((self.data_dir or Path("data")) / "archive")
+
     def start(self, accept: Accept) -> None:
-        ledger = Ledger(self._store_for(accept))
+        store = self._store_for(accept)
+        ledger = Ledger(store)
         self.async_sender = AsyncMdnSender(ledger)
+        # Sending: asynchronous MDNs for our messages arrive here, and the sends that
+        # failed (here or in `gateway send`) are retried on the scheduler.
+        self.outbound = OutboundSender(
+            self.config, self.profiles, store, self._archive_for(accept), policy=self.retry_policy
+        )
 
         def on_async(entry: LedgerEntry) -> None:
             assert self.async_sender is not None
             self.async_sender.schedule(entry)
 
-        self.receiver = Receiver(self.config, self.profiles, accept, ledger, on_async=on_async)
+        self.receiver = Receiver(
+            self.config, self.profiles, accept, ledger, on_async=on_async, on_mdn=self.outbound.receive_mdn
+        )
         app = build_app(
             self.receiver,
             self.config.settings.as2_settings.path,
@@ -165,6 +194,9 @@ class As2Adapter:
                     self.port = int(sock.getsockname()[1])
                     break
         self.async_sender.start()
+        self.outbound.mdn_url = self.url
+        self.retries = RetryScheduler(self.outbound, sweep_seconds=self.retry_sweep_seconds)
+        self.retries.start()
         log.info("AS2 endpoint listening on %s", self.url)
 
     def _serve(self) -> None:
@@ -178,6 +210,10 @@ class As2Adapter:
             self._thread.join(timeout=10)
         if self.async_sender is not None:
             self.async_sender.stop()
+        if self.retries is not None:
+            self.retries.stop()
+        if self.outbound is not None:
+            self.outbound.close()
         if self._own_store is not None:
             self._own_store.close()
 

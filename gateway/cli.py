@@ -266,10 +266,16 @@ def cmd_interactions(args: argparse.Namespace) -> int:
             rec = store.get_interaction(args.id)
             if rec is None:
                 raise UsageError(f"no interaction {args.id}")
+            entry = _as2_entry(store, rec.id) if rec.channel == Channel.AS2.value else None
             if args.json:
-                _emit(rec.to_json())
+                data = rec.to_json()
+                if entry is not None:
+                    data["as2"] = _as2_json(entry)
+                _emit(data)
             else:
                 print(_show(rec))
+                if entry is not None:
+                    print(_show_as2(entry))
             return EXIT_OK
         if args.kind and args.kind not in {k.value for k in Kind}:
             raise UsageError(f"--kind {args.kind!r}: one of {', '.join(k.value for k in Kind)}")
@@ -288,6 +294,146 @@ def cmd_interactions(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         Store.close(store)
+
+
+def _as2_entry(store: Any, interaction_id: str) -> Any:
+    """The AS2 ledger entry (Message-ID, MDN, send state) of an interaction's raw message."""
+    from gateway.as2.ledger import mdn_for_raw, raw_id_for_interaction
+
+    raw_id = raw_id_for_interaction(store, interaction_id)
+    return None if raw_id is None else mdn_for_raw(store, raw_id)
+
+
+def _as2_json(entry: Any) -> dict[str, Any]:
+    from gateway.as2.outbound import entry_json
+
+    data = entry_json(entry)
+    mdn = entry.mdn_bytes()
+    data["mdn"] = None if mdn is None else mdn.decode("latin-1")
+    return data
+
+
+def _show_as2(entry: Any) -> str:
+    from gateway.as2.outbound import entry_json
+
+    data = entry_json(entry)
+    out = ["as2:"]
+    for key, value in data.items():
+        if key != "mdn" and value not in (None, ""):
+            out.append(f"  {key}: {value}")
+    mdn = entry.mdn_bytes()
+    if mdn is not None:
+        out.append("  mdn:")
+        out.extend("    " + line for line in mdn.decode("latin-1").splitlines()[:80])
+    return "\n".join(out)
+
+
+def _default_mdn_url(config: Config) -> str:
+    listener = config.settings.as2
+    tls = config.settings.as2_settings
+    scheme = "https" if tls.tls_certificate is not None and tls.tls_key is not None else "http"
+    host = f"[{listener.host}]" if ":" in listener.host else listener.host
+    return f"{scheme}://{host}:{listener.port}{tls.path}"
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from gateway.as2.outbound import OutboundSender, SendError, entry_json
+    from gateway.as2.profiles import load_profiles
+    from gateway.errors import TooLarge
+
+    if args.status:
+        return _send_status(args)
+    if not args.partner:
+        raise UsageError("--partner ID is required (or --status to list sends)")
+    if not args.paths:
+        raise UsageError("give at least one FILE to send")
+    paths = list(_iter_paths(args.paths))
+    pipeline = _open_pipeline(args)
+    outbound = OutboundSender(
+        pipeline.config,
+        load_profiles(pipeline.config),
+        pipeline.store,
+        pipeline.archive,
+        pipeline.registry,
+        mdn_url=args.mdn_url or _default_mdn_url(pipeline.config),
+    )
+    failed = 0
+    progress = Progress(len(paths), "send")
+    try:
+        try:
+            outbound.partner(args.partner)
+        except SendError as exc:
+            raise UsageError(exc.message) from None
+        for path in paths:
+            try:
+                result = outbound.send_file(args.partner, path)
+            except (TooLarge, SendError) as exc:
+                if args.json:
+                    _emit({"refused": {"reason": exc.message}, "file": str(path)})
+                else:
+                    print(f"{path}: refused: {exc.message}")
+                failed += 1
+                progress.step()
+                continue
+            entry = result.entry
+            if not result.ok:
+                failed += 1
+            if args.json:
+                _emit(
+                    {
+                        "file": str(path),
+                        "as2": entry_json(entry),
+                        "interactions": [rec.to_json() for rec in result.records],
+                    }
+                )
+            else:
+                line = f"{path}: {entry.async_state} ({entry.status}) message <{entry.message_id}>"
+                if entry.async_error:
+                    line += f": {entry.async_error}"
+                if entry.async_state == "pending" and entry.async_next_at is not None:
+                    line += f"; next attempt {entry.async_next_at:%Y-%m-%d %H:%M:%S} UTC by `gateway run`"
+                print(line)
+                for rec in result.records:
+                    print("  " + _summary(rec))
+            progress.step()
+    finally:
+        progress.close()
+        outbound.close()
+        pipeline.close()
+    return EXIT_REJECTED if failed else EXIT_OK
+
+
+def _send_status(args: argparse.Namespace) -> int:
+    from gateway.as2.ledger import OUT_STATES, Ledger
+    from gateway.as2.outbound import entry_json
+
+    states: tuple[str, ...] = ()
+    if args.state:
+        states = tuple(s.strip() for s in args.state.split(",") if s.strip())
+        unknown = [s for s in states if s not in OUT_STATES]
+        if unknown:
+            raise UsageError(f"--state {','.join(unknown)}: one of {', '.join(OUT_STATES)}")
+    store = _store(_load(args), args)
+    try:
+        for entry in Ledger(store).list_outbound(partner_id=args.partner, states=states, limit=args.limit):
+            interactions = store.interactions_for_raw(entry.raw_id) if entry.raw_id else []
+            if args.json:
+                _emit({**entry_json(entry), "interactions": interactions})
+                continue
+            line = (
+                f"{entry.at:%Y-%m-%d %H:%M:%S}  {entry.partner_id:<14} <{entry.message_id}>  "
+                f"{entry.async_state} ({entry.status}) attempts={entry.async_attempts}"
+            )
+            if entry.async_state == "pending" and entry.async_next_at is not None:
+                line += f" next={entry.async_next_at:%Y-%m-%d %H:%M:%S}"
+            if entry.async_error:
+                line += f"  last error: {entry.async_error}"
+            if interactions:
+                line += f"  interactions: {' '.join(interactions)}"
+            print(line)
+        return EXIT_OK
+    finally:
+        store.close()
 
 
 def _store(config: Config, args: argparse.Namespace) -> Any:
@@ -557,6 +703,20 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--all", action="store_true")
     replay.add_argument("--json", action="store_true")
     replay.set_defaults(func=cmd_replay)
+
+    send = sub.add_parser("send", help="send files to a partner over AS2")
+    send.add_argument("paths", nargs="*", metavar="FILE")
+    send.add_argument("--partner", metavar="ID", help="the partner profile id")
+    send.add_argument(
+        "--mdn-url", metavar="URL", help="our endpoint for asynchronous MDNs (default: as2.listen)"
+    )
+    send.add_argument("--status", action="store_true", help="list outbound AS2 messages and their state")
+    send.add_argument(
+        "--state", metavar="S[,S]", help="with --status: only these states (pending, failed ...)"
+    )
+    send.add_argument("--limit", type=int, metavar="N", help="with --status: at most N, newest first")
+    send.add_argument("--json", action="store_true")
+    send.set_defaults(func=cmd_send)
 
     mapping = sub.add_parser("mapping", help="check and try mapping files")
     msub = mapping.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -231,7 +231,11 @@ class Ledger:
             with self._session(False) as s, s.begin():
                 rows = s.scalars(
                     select(As2MessageRow)
-                    .where(As2MessageRow.async_state == "pending", As2MessageRow.async_next_at <= now)
+                    .where(
+                        As2MessageRow.direction == "in",
+                        As2MessageRow.async_state == "pending",
+                        As2MessageRow.async_next_at <= now,
+                    )
                     .order_by(As2MessageRow.async_next_at)
                     .limit(limit)
                 ).all()
@@ -261,6 +265,178 @@ class Ledger:
                 return None if row is None else _entry(row)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"AS2 ledger: lookup failed: {exc}") from exc
+
+    # --- outbound messages ("out" rows) ---------------------------------------------------
+    #
+    # For a message we send, the async_* columns hold the send's own state:
+    # async_state is one of OUT_STATES, async_attempts the attempts made so far,
+    # async_next_at when the next one is due, async_error the last error; async_url is
+    # the Receipt-Delivery-Option we gave (asynchronous MDN). ``status`` is
+    # "processed" once a verified positive MDN with our MIC came back, otherwise the
+    # last outcome ("pending", "awaiting-mdn", "sent", a disposition modifier or one of
+    # our reason codes such as "mic-mismatch" or "http-503").
+
+    def get(self, entry_id: str) -> LedgerEntry | None:
+        try:
+            with self._session(False) as s, s.begin():
+                row = s.get(As2MessageRow, entry_id)
+                return None if row is None else _entry(row)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"AS2 ledger: lookup failed: {exc}") from exc
+
+    def record_outbound(
+        self,
+        *,
+        partner_id: str,
+        message_id: str,
+        as2_from: str,
+        as2_to: str,
+        raw_id: str,
+        mic: str | None,
+        mic_alg: str | None,
+        async_url: str | None,
+        hold_until: datetime,
+    ) -> LedgerEntry:
+        """A new outbound message, claimed by its sender until ``hold_until``."""
+        row = As2MessageRow(
+            id=uuid.uuid4().hex,
+            direction="out",
+            partner_id=partner_id,
+            message_id=message_id,
+            as2_from=as2_from,
+            as2_to=as2_to,
+            raw_id=raw_id,
+            at=datetime.now(UTC),
+            status="pending",
+            disposition="",
+            mic=mic,
+            mic_alg=mic_alg,
+            reason=None,
+            mdn_headers="[]",
+            mdn_body=None,
+            mdn_message_id=None,
+            async_url=async_url,
+            async_state="pending",
+            async_attempts=0,
+            async_next_at=hold_until,
+            async_error=None,
+        )
+        try:
+            with self._session(True) as s, s.begin():
+                s.add(row)
+                s.flush()
+                return _entry(row)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"AS2 ledger: record failed: {exc}") from exc
+
+    def claim_outbound(self, entry_id: str, now: datetime, hold_until: datetime) -> LedgerEntry | None:
+        """Take a due pending send for one attempt (one node, one process at a time):
+        its next time moves to ``hold_until`` so nobody else takes it meanwhile."""
+        try:
+            with self._session(True) as s, s.begin():
+                result = s.execute(
+                    update(As2MessageRow)
+                    .where(
+                        As2MessageRow.id == entry_id,
+                        As2MessageRow.direction == "out",
+                        As2MessageRow.async_state == "pending",
+                        As2MessageRow.async_next_at <= now,
+                    )
+                    .values(async_next_at=hold_until)
+                )
+                if getattr(result, "rowcount", 0) != 1:
+                    return None
+                row = s.get(As2MessageRow, entry_id)
+                return None if row is None else _entry(row)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"AS2 ledger: claim failed: {exc}") from exc
+
+    def outbound_result(
+        self,
+        entry_id: str,
+        *,
+        state: str,
+        status: str,
+        attempts: int,
+        next_at: datetime | None,
+        error: str | None,
+        disposition: str = "",
+        mic: str | None = None,
+        mic_alg: str | None = None,
+        mdn_headers: tuple[tuple[str, str], ...] = (),
+        mdn_body: bytes | None = None,
+        mdn_message_id: str | None = None,
+    ) -> None:
+        values: dict[str, object] = {
+            "async_state": state,
+            "status": status,
+            "async_attempts": attempts,
+            "async_next_at": next_at,
+            "async_error": error,
+            "reason": error,
+            "disposition": disposition[:500],
+        }
+        if mic is not None:
+            values.update(mic=mic, mic_alg=mic_alg)
+        if mdn_body is not None:
+            values.update(
+                mdn_headers=json.dumps([list(h) for h in mdn_headers]),
+                mdn_body=mdn_body,
+                mdn_message_id=mdn_message_id,
+            )
+        try:
+            with self._session(True) as s, s.begin():
+                s.execute(update(As2MessageRow).where(As2MessageRow.id == entry_id).values(**values))
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"AS2 ledger: outbound update failed: {exc}") from exc
+
+    def pending_outbound(self, limit: int = 1000) -> list[LedgerEntry]:
+        """Sends waiting for a retry, soonest first."""
+        try:
+            with self._session(False) as s, s.begin():
+                rows = s.scalars(
+                    select(As2MessageRow)
+                    .where(As2MessageRow.direction == "out", As2MessageRow.async_state == "pending")
+                    .order_by(As2MessageRow.async_next_at)
+                    .limit(limit)
+                ).all()
+                return [_entry(r) for r in rows]
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"AS2 ledger: outbound lookup failed: {exc}") from exc
+
+    def list_outbound(
+        self, *, partner_id: str | None = None, states: tuple[str, ...] = (), limit: int | None = None
+    ) -> list[LedgerEntry]:
+        """Outbound messages, newest first."""
+        stmt = select(As2MessageRow).where(As2MessageRow.direction == "out")
+        if partner_id:
+            stmt = stmt.where(As2MessageRow.partner_id == partner_id)
+        if states:
+            stmt = stmt.where(As2MessageRow.async_state.in_(states))
+        stmt = stmt.order_by(As2MessageRow.at.desc(), As2MessageRow.id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        try:
+            with self._session(False) as s, s.begin():
+                return [_entry(r) for r in s.scalars(stmt).all()]
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"AS2 ledger: outbound lookup failed: {exc}") from exc
+
+
+#: states of an outbound message (``async_state`` of an "out" row)
+OUT_STATES = ("pending", "awaiting-mdn", "done", "failed", "expired")
+
+
+def raw_id_for_interaction(store: Store, interaction_id: str) -> str | None:
+    """The raw message an interaction was stored from (read-only look-up)."""
+    from gateway.store.models import Interaction
+
+    try:
+        with Session(store.engine) as s, s.begin():
+            value = s.scalar(select(Interaction.raw_id).where(Interaction.id == interaction_id))
+            return None if value is None else str(value)
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"AS2 ledger: interaction lookup failed: {exc}") from exc
 
 
 def mdn_for_raw(store: Store, raw_id: str) -> LedgerEntry | None:

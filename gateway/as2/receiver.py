@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from gateway.as2 import mdn, mime, smime
+from gateway.as2 import mdn, mime, sender, smime
 from gateway.as2.errors import (
     As2Error,
     AuthenticationFailed,
@@ -180,6 +180,10 @@ def _signed(out: Unwrapped, verified: smime.Verified) -> None:
     out.signed = True
 
 
+#: handles an MDN posted to the endpoint: (partner, headers, body) -> response
+OnMdn = Callable[[PartnerAs2Runtime, Mapping[str, str], bytes], "Response"]
+
+
 def _message_id(value: str) -> str:
     return value.strip().removeprefix("<").removesuffix(">").strip()
 
@@ -197,12 +201,15 @@ class Receiver:
         ledger: Ledger,
         *,
         on_async: Callable[[LedgerEntry], None] | None = None,
+        on_mdn: OnMdn | None = None,
     ) -> None:
         self.config = config
         self.profiles = profiles
         self.accept = accept
         self.ledger = ledger
         self.on_async = on_async
+        #: asynchronous MDNs for messages we sent (gateway.as2.outbound)
+        self.on_mdn = on_mdn
         # Serialises the ledger check and the accept of one Message-ID so a resend that
         # arrives while the first copy is in flight waits and then gets the same MDN.
         self._inflight: dict[tuple[str, str], threading.Lock] = {}
@@ -250,6 +257,8 @@ class Receiver:
             return self.refuse(
                 headers, raw_request, 403, f"unknown AS2-From {as2_from!r}: no partner profile"
             )
+        if self.on_mdn is not None and sender.is_mdn(headers, body):
+            return self.on_mdn(partner, headers, body)
         key = (partner.id, message_id)
         with self._inflight_lock:
             lock = self._inflight.setdefault(key, threading.Lock())

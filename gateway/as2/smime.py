@@ -7,6 +7,7 @@ with asn1crypto and every cryptographic operation goes through ``cryptography``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -75,7 +76,13 @@ class KeyPair:
 
     @property
     def cert_asn1(self) -> asn1_x509.Certificate:
-        return asn1_x509.Certificate.load(self.cert.public_bytes(Encoding.DER))
+        return _asn1_cert(self.cert)
+
+
+@functools.lru_cache(maxsize=256)
+def _asn1_cert(cert: x509.Certificate) -> asn1_x509.Certificate:
+    """The asn1crypto view of a certificate, parsed once (certificates are immutable)."""
+    return asn1_x509.Certificate.load(cert.public_bytes(Encoding.DER))
 
 
 # --- decryption ------------------------------------------------------------------------
@@ -84,7 +91,12 @@ class KeyPair:
 def _matches(rid: Any, cert: asn1_x509.Certificate) -> bool:
     if rid.name == "issuer_and_serial_number":
         ias = rid.chosen
-        return bool(ias["serial_number"].native == cert.serial_number and ias["issuer"] == cert.issuer)
+        # DER equality first: asn1crypto's Name == runs LDAP string preparation on
+        # every attribute (milliseconds per message); senders copy the issuer from
+        # the certificate, so the encodings match and the slow path is rarely taken.
+        if ias["serial_number"].native != cert.serial_number:
+            return False
+        return bool(ias["issuer"].dump() == cert.issuer.dump() or ias["issuer"] == cert.issuer)
     if rid.name == "subject_key_identifier":
         return bool(cert.key_identifier is not None and rid.chosen.native == cert.key_identifier)
     return False
@@ -266,7 +278,7 @@ def verify(
     sid = signer["sid"]
     ordered = sorted(
         trusted,
-        key=lambda c: not _matches(sid, asn1_x509.Certificate.load(c.public_bytes(Encoding.DER))),
+        key=lambda c: not _matches(sid, _asn1_cert(c)),
     )
     for cert in ordered:
         public = cert.public_key()
@@ -370,7 +382,7 @@ def encrypt(
         else:
             encrypted_key = public.encrypt(key, asym_padding.PKCS1v15())
             kalg = cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"})
-        acert = asn1_x509.Certificate.load(cert.public_bytes(Encoding.DER))
+        acert = _asn1_cert(cert)
         recipients.append(
             cms.RecipientInfo(
                 name="ktri",
