@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +36,18 @@ from gateway.record import (
     Status,
 )
 from gateway.record_xml import validate_record
-from gateway.store import PartnerRow, QuarantineEntry, RawMessage, RawState, Store, StoreOutcome
+from gateway.store import (
+    Outcome,
+    PartnerRow,
+    Quarantine,
+    QuarantineEntry,
+    RawMessage,
+    RawState,
+    SameBytes,
+    Store,
+    StoreOutcome,
+    StoreRecords,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +80,9 @@ class ProcessResult:
 #: more records than this from one raw message are spooled to disk before storing
 SPOOL_AFTER = 2_000
 _SPOOL_BATCH = 1_000
+
+#: at most this many raw messages' outcomes per transaction (drain claims 16)
+_RUN_LIMIT = 256
 
 
 class _Spool:
@@ -116,6 +130,49 @@ class _Clock:
             return fn()
         finally:
             self.times.add(stage, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A claimed raw message taken through every stage but the store."""
+
+    raw: RawMessage
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class _Spooled:
+    """A large interchange whose records wait on disk; stored on its own."""
+
+    raw: RawMessage
+    spool: _Spool
+
+
+def _result(prepared: _Prepared, stored: StoreOutcome | QuarantineEntry) -> ProcessResult:
+    raw, outcome = prepared.raw, prepared.outcome
+    mlog = for_message(log, raw.id, raw.channel)
+    if isinstance(stored, QuarantineEntry):
+        if raw.transport.get(Envelope.REJECTED):
+            mlog.warning("refused on receipt: %s", stored.reason)
+        else:
+            mlog.warning("quarantined at %s: %s", stored.stage, stored.reason)
+        return ProcessResult(raw, RawState.QUARANTINED, quarantine=stored)
+    if isinstance(outcome, SameBytes):
+        mlog.info("same bytes as %s: recorded as duplicate", outcome.duplicate_of)
+        return ProcessResult(raw, RawState.DUPLICATE, duplicate_of_raw=outcome.duplicate_of)
+    assert isinstance(outcome, StoreRecords)
+    new_ids = {r.record_id for r in stored.records if r.duplicate_of is None}
+    dup_ids = tuple(r.duplicate_of for r in stored.records if r.duplicate_of is not None)
+    mlog.info("stored %d interaction(s), %d already on file", len(new_ids), len(dup_ids))
+    return ProcessResult(
+        raw,
+        stored.state,
+        records=tuple(rec for rec, _ in outcome.records if rec.id in new_ids),
+        duplicate_records=dup_ids,
+        duplicate_of_raw=stored.duplicate_of_raw,
+        stored_count=len(new_ids),
+        duplicate_count=len(dup_ids),
+    )
 
 
 class QuarantineSignal(Exception):  # a control-flow signal inside the pipeline, never seen by callers
@@ -243,19 +300,59 @@ class Pipeline:
 
     def process(self, raw: RawMessage) -> ProcessResult:
         """Take one claimed inbox row through every stage. Never raises for bad input."""
-        mlog = for_message(log, raw.id, raw.channel)
+        return self.process_batch([raw])[0]
+
+    def process_batch(self, raws: Sequence[RawMessage]) -> list[ProcessResult]:
+        """:meth:`process` for several claimed inbox rows, with the same results as one
+        after the other in the given order, but their outcomes committed together.
+
+        The raw-bytes duplicate check is one query for the whole run, and the outcomes
+        of the run are one transaction. A run ends early (and the next one starts after
+        its commit) at a raw whose bytes equal those of an earlier raw of the run, since
+        whether it is a duplicate depends on what became of that one; a large spooled
+        interchange is stored on its own, after the outcomes before it.
+        """
+        results: list[ProcessResult] = []
+        start = 0
+        while start < len(raws):
+            start = self._process_run(raws, start, results)
+        return results
+
+    def _process_run(self, raws: Sequence[RawMessage], start: int, results: list[ProcessResult]) -> int:
+        """Process ``raws[start:]`` up to the next same-bytes pair; return where it stopped."""
+        todo = raws[start : start + _RUN_LIMIT]
+        checked = [raw.sha256 for raw in todo if not raw.transport.get(Envelope.REJECTED)]
+        # Claimed rows are never STORED, so excluding the run changes nothing for them;
+        # it keeps a message from being called a duplicate of itself (CLI re-ingest).
+        on_file = self.store.first_raws_with_sha(checked, exclude=[raw.id for raw in todo]) if checked else {}
+        pending: list[_Prepared] = []
+        undecided: set[str] = set()
+        end = start
+        for raw in todo:
+            if not raw.transport.get(Envelope.REJECTED) and raw.sha256 not in on_file:
+                if raw.sha256 in undecided:
+                    break
+                undecided.add(raw.sha256)
+            end += 1
+            prepared = self._prepare(raw, on_file.get(raw.sha256))
+            if isinstance(prepared, _Spooled):
+                results.extend(self._commit(pending))
+                pending = []
+                results.append(self._store_spooled(prepared))
+            else:
+                pending.append(prepared)
+        results.extend(self._commit(pending))
+        return end
+
+    def _prepare(self, raw: RawMessage, same_bytes: RawMessage | None) -> _Prepared | _Spooled:
+        """Every stage but the store: what the store is to record for ``raw``."""
         rejected = raw.transport.get(Envelope.REJECTED)
         if rejected:
             # Refused on the wire (the sender was told); kept so an administrator sees it.
-            entry = self.store.quarantine(raw.id, Stage.RECEIVE.value, rejected)
-            mlog.warning("refused on receipt: %s", rejected)
-            return ProcessResult(raw, RawState.QUARANTINED, quarantine=entry)
+            return _Prepared(raw, Quarantine(raw.id, Stage.RECEIVE.value, rejected))
         self.maybe_reload_mappings()
-        first = self.store.first_raw_with_sha(raw.sha256, exclude=raw.id)
-        if first is not None:
-            self.store.mark_duplicate(raw.id, first.id)
-            mlog.info("same bytes as %s: recorded as duplicate", first.id)
-            return ProcessResult(raw, RawState.DUPLICATE, duplicate_of_raw=first.id)
+        if same_bytes is not None:
+            return _Prepared(raw, SameBytes(raw.id, same_bytes.id))
         records: list[tuple[InteractionRecord, str]] = []
         spool: _Spool | None = None
         try:
@@ -274,15 +371,39 @@ class Pipeline:
         except QuarantineSignal as signal:
             if spool is not None:
                 spool.close()
-            entry = self.store.quarantine(raw.id, signal.stage.value, signal.reason)
-            mlog.warning("quarantined at %s: %s", signal.stage.value, signal.reason)
-            return ProcessResult(raw, RawState.QUARANTINED, quarantine=entry)
+            return _Prepared(raw, Quarantine(raw.id, signal.stage.value, signal.reason))
+        if spool is not None:
+            return _Spooled(raw, spool)
+        return _Prepared(raw, StoreRecords(raw.id, records))
+
+    def _commit(self, prepared: Sequence[_Prepared]) -> list[ProcessResult]:
+        """Record the outcomes of ``prepared`` in one transaction."""
+        if not prepared:
+            return []
         start = time.perf_counter()
         try:
-            if spool is None:
-                outcome: StoreOutcome = self.store.store_interactions(raw.id, records)
-            else:
-                outcome = self.store.store_interaction_batches(raw.id, spool.batches())
+            outcomes = self.store.store_outcomes([p.outcome for p in prepared])
+        except StoreUnavailable:
+            raise
+        except GatewayError as exc:
+            if len(prepared) > 1:
+                # One of them cannot be stored: each on its own, so that only that one
+                # is quarantined, as one after the other would have done.
+                return [result for p in prepared for result in self._commit([p])]
+            (only,) = prepared
+            if not isinstance(only.outcome, StoreRecords):
+                raise
+            entry = self.store.quarantine(only.raw.id, Stage.STORE.value, exc.message)
+            return [ProcessResult(only.raw, RawState.QUARANTINED, quarantine=entry)]
+        finally:
+            self.times.add(Stage.STORE, time.perf_counter() - start)
+        return [_result(p, outcome) for p, outcome in zip(prepared, outcomes, strict=True)]
+
+    def _store_spooled(self, spooled: _Spooled) -> ProcessResult:
+        raw, spool = spooled.raw, spooled.spool
+        start = time.perf_counter()
+        try:
+            outcome = self.store.store_interaction_batches(raw.id, spool.batches())
         except StoreUnavailable:
             raise
         except GatewayError as exc:
@@ -290,20 +411,18 @@ class Pipeline:
             return ProcessResult(raw, RawState.QUARANTINED, quarantine=entry)
         finally:
             self.times.add(Stage.STORE, time.perf_counter() - start)
-            if spool is not None:
-                spool.close()
-        new_ids = {r.record_id for r in outcome.records if r.duplicate_of is None}
-        dup_ids = tuple(r.duplicate_of for r in outcome.records if r.duplicate_of is not None)
-        stored = tuple(rec for rec, _ in records if rec.id in new_ids)
-        mlog.info("stored %d interaction(s), %d already on file", len(new_ids), len(dup_ids))
+            spool.close()
+        new_count = sum(1 for r in outcome.records if r.duplicate_of is None)
+        dup_count = len(outcome.records) - new_count
+        for_message(log, raw.id, raw.channel).info(
+            "stored %d interaction(s), %d already on file", new_count, dup_count
+        )
         return ProcessResult(
             raw,
             outcome.state,
-            records=stored,
-            duplicate_records=dup_ids if spool is None else (),
             duplicate_of_raw=outcome.duplicate_of_raw,
-            stored_count=len(new_ids),
-            duplicate_count=len(dup_ids),
+            stored_count=new_count,
+            duplicate_count=dup_count,
         )
 
     def _iter_records(self, raw: RawMessage) -> Iterator[tuple[InteractionRecord, str]]:
@@ -433,8 +552,7 @@ class Pipeline:
             batch = self.store.claim(worker, limit=16)
             if not batch:
                 return done
-            for raw in batch:
-                result = self.process(raw)
+            for result in self.process_batch(batch):
                 done += 1
                 if on_result is not None:
                     on_result(result)

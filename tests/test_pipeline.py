@@ -14,7 +14,7 @@ import pytest
 from gateway.config import load_config
 from gateway.envelope import Channel, Envelope
 from gateway.errors import StoreUnavailable, TooLarge
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, ProcessResult
 from gateway.record import Kind, Status
 from gateway.store import RawState, Store
 from tests.conftest import REPO
@@ -291,3 +291,89 @@ def test_large_interchange_with_a_bad_trailer_stores_nothing(pipeline: Pipeline)
     assert result.quarantine is not None
     assert "IEA" in result.quarantine.reason
     assert pipeline.store.counts()["interactions"] == 0
+
+
+def _batch_inputs() -> list[tuple[bytes, dict[str, str]]]:
+    bad = x12_850(icn=73).replace(b"SE*7*0001", b"SE*9*0001")
+    return [
+        (x12_850(icn=70, po="PO-70"), {}),
+        (x12_850(icn=71, po="PO-71"), {}),
+        (x12_850(icn=70, po="PO-70"), {}),  # the same bytes as the first, in the same batch
+        (x12_850(icn=71, po="PO-71").replace(b"~\n", b"~\r\n"), {}),  # the same interchange
+        (bad, {}),  # quarantined at parse
+        (bad, {}),  # the same bytes as a quarantined message: quarantined again, not a duplicate
+        (x12_850(icn=60, po="PO-60"), {}),  # the same bytes as one stored before the batch
+        (b"garbled", {Envelope.REJECTED: "authentication-failed: signature does not verify"}),
+        (x12_850(icn=74, po="PO-74"), {}),
+    ]
+
+
+def _summary(results: list, raws: list) -> list[tuple[object, ...]]:  # type: ignore[type-arg]
+    index = {raw.id: i for i, raw in enumerate(raws)}
+    out: list[tuple[object, ...]] = []
+    for r in results:
+        out.append(
+            (
+                index[r.raw.id],
+                r.state,
+                index.get(r.duplicate_of_raw, r.duplicate_of_raw),
+                tuple(rec.references.get("po_number") for rec in r.records),
+                r.stored_count,
+                r.duplicate_count,
+                None if r.quarantine is None else (r.quarantine.stage, r.quarantine.reason),
+            )
+        )
+    return out
+
+
+def test_drain_of_a_batch_gives_the_results_of_one_by_one(tmp_path: Path, config_dir: Path) -> None:
+    config, _ = load_config(config_dir)
+    outcomes: dict[str, list[tuple[object, ...]]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for mode in ("single", "batch"):
+        pipe = Pipeline.open(config, tmp_path / mode)
+        try:
+            before = pipe.accept(Envelope(raw=x12_850(icn=60, po="PO-60"), channel=Channel.FILE))
+            assert pipe.drain("before") == 1
+            raws = [before]
+            for data, transport in _batch_inputs():
+                raws.append(pipe.accept(Envelope(raw=data, channel=Channel.FILE, transport=transport)))
+            results: list[ProcessResult] = []
+            if mode == "single":
+                for raw in raws[1:]:
+                    claimed = pipe.store.claim_id(raw.id, "one")
+                    assert claimed is not None
+                    results.append(pipe.process(claimed))
+            else:
+                calls: list[int] = []
+                store_outcomes = pipe.store.store_outcomes
+
+                def counted(items, _orig=store_outcomes, calls=calls):  # type: ignore[no-untyped-def]
+                    calls.append(len(items))
+                    return _orig(items)
+
+                pipe.store.store_outcomes = counted  # type: ignore[method-assign]
+                assert pipe.drain("batch", on_result=results.append) == len(raws) - 1
+                # one transaction per run: a new run starts at each same-bytes pair
+                # whose first message was still undecided (items 3 and 6)
+                assert calls == [2, 3, 4]
+            outcomes[mode] = _summary(results, raws)
+            counts[mode] = pipe.store.counts()
+        finally:
+            pipe.close()
+    assert outcomes["batch"] == outcomes["single"]
+    assert counts["batch"] == counts["single"]
+    states = [o[1] for o in outcomes["batch"]]
+    assert states == [
+        RawState.STORED,
+        RawState.STORED,
+        RawState.DUPLICATE,
+        RawState.DUPLICATE,
+        RawState.QUARANTINED,
+        RawState.QUARANTINED,
+        RawState.DUPLICATE,
+        RawState.QUARANTINED,
+        RawState.STORED,
+    ]
+    assert [o[2] for o in outcomes["batch"]][2:4] == [1, 2]  # same bytes / same interchange
+    assert outcomes["batch"][6][2] == 0  # the message stored before the batch

@@ -22,6 +22,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.exc import OperationalError
 
 from gateway.envelope import Channel, Envelope
 from gateway.errors import Stage, StoreUnavailable
@@ -37,7 +38,16 @@ from gateway.record import (
     Party,
     Status,
 )
-from gateway.store import PartnerRow, RawState, Store
+from gateway.store import (
+    PartnerRow,
+    Quarantine,
+    QuarantineEntry,
+    RawState,
+    SameBytes,
+    Store,
+    StoreOutcome,
+    StoreRecords,
+)
 from gateway.store.engine import SYNC_FULL, SYNC_NORMAL
 from gateway.store.models import Base
 from gateway.store.store import MIGRATIONS
@@ -221,6 +231,10 @@ def _plan(store: Store, name: str) -> str:
     stmt = getattr(store._sql, name)
     if name == "key_owners":
         stmt = stmt.params(p_keys=["k1", "k2"])
+    if name in {"lock_raws", "raws_exist"}:
+        stmt = stmt.params(p_ids=["r1", "r2"])
+    if name == "first_raws_with_sha":
+        stmt = stmt.params(p_shas=["s1", "s2"], p_ids=["r1", "r2"])
     with store._engine.connect() as conn:
         compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
         params = tuple([None] * compiled.string.count("?"))
@@ -242,7 +256,10 @@ def test_hot_lookups_use_an_index_on_sqlite(sqlite_store: Store) -> None:
     store = sqlite_store
     checks = {
         "first_raw_with_sha": "ix_raw_messages_sha256_state_received_at (sha256=? AND state=?)",
+        "first_raws_with_sha": "ix_raw_messages_sha256_state_received_at (sha256=? AND state=?)",
         "lock_raw": "uq_quarantine_open_raw_id (raw_id=?)",
+        "lock_raws": "uq_quarantine_open_raw_id (raw_id=?)",
+        "raws_exist": "(id=?)",
         "claim": "ix_raw_messages_state_received_at (state=?)",
         "claim_id": "(id=?)",
         "get_raw": "(id=?)",
@@ -814,6 +831,7 @@ def test_sqlite_synchronous_per_path(tmp_path: Path) -> None:
         assert level(lambda: store.store_interactions(env1.id, [(record("a"), "K")])) == SYNC_NORMAL
         assert level(lambda: store.quarantine(env2.id, "parse", "bad")) == SYNC_NORMAL
         assert level(lambda: store.mark_duplicate(env3.id, env1.id)) == SYNC_NORMAL
+        assert level(lambda: store.store_outcomes([Quarantine(env3.id, "parse", "x")])) == SYNC_NORMAL
         assert level(lambda: store.requeue(env2.id)) == SYNC_FULL
         assert level(lambda: store.recover()) == SYNC_FULL
         assert level(lambda: store.audit("x", "y")) == SYNC_FULL
@@ -909,3 +927,199 @@ def test_a_failing_batch_stream_stores_nothing(store: Store) -> None:
     # the message can still be quarantined and later stored whole
     store.quarantine(raw_id, "parse", "IEA missing")
     assert store.get_raw(raw_id).state == RawState.QUARANTINED  # type: ignore[union-attr]
+
+
+# --- outcomes of several raw messages in one transaction -----------------------------
+
+
+def _commits(store: Store) -> list[int]:
+    seen: list[int] = []
+    event.listen(store._engine, "commit", lambda _conn: seen.append(1))
+    return seen
+
+
+def test_store_outcomes_mixed_batch_is_one_transaction(store: Store) -> None:
+    earlier = add(store, b"earlier", at=T0)
+    store.store_interactions(earlier, [(record("old"), "K-old")])
+    raws = [add(store, f"raw{i}".encode(), at=T0 + timedelta(minutes=i)) for i in range(6)]
+    claimed = store.claim("w", limit=10)
+    assert [r.id for r in claimed] == raws
+    r1, r2, r3, r4, r5, r6 = raws
+    commits = _commits(store)
+    results = store.store_outcomes(
+        [
+            StoreRecords(r1, [(record("a"), "K1"), (record("b"), "K2"), (record("a2"), "K1")]),
+            StoreRecords(r2, [(record("c"), "K1")]),  # a duplicate of r1's, in the same batch
+            StoreRecords(r3, [(record("d"), "K-old")]),  # a duplicate of an earlier raw's
+            Quarantine(r4, Stage.MAP, "no mapping matches"),
+            SameBytes(r5, earlier),
+            StoreRecords(r6, [(record("e"), "K3"), (record("f"), "K2")]),  # one new: stored
+        ]
+    )
+    assert len(commits) == 1
+    o1, o2, o3, q4, d5, o6 = results
+    assert isinstance(o1, StoreOutcome)
+    assert (o1.raw_id, o1.state, o1.duplicate_of_raw) == (r1, RawState.STORED, None)
+    assert [(r.record_id, r.duplicate_of) for r in o1.records] == [("a", None), ("b", None), ("a2", "a")]
+    assert isinstance(o2, StoreOutcome)
+    assert (o2.state, o2.duplicate_of_raw) == (RawState.DUPLICATE, r1)
+    assert [(r.record_id, r.duplicate_of) for r in o2.records] == [("c", "a")]
+    assert isinstance(o3, StoreOutcome)
+    assert (o3.state, o3.duplicate_of_raw) == (RawState.DUPLICATE, earlier)
+    assert [(r.record_id, r.duplicate_of) for r in o3.records] == [("d", "old")]
+    assert isinstance(q4, QuarantineEntry)
+    assert (q4.raw_id, q4.stage, q4.reason, q4.replays) == (r4, "map", "no mapping matches", 0)
+    assert (q4.raw_sha256, q4.resolved_at) == (sha(b"raw3"), None)
+    assert d5 == StoreOutcome(r5, RawState.DUPLICATE, (), earlier)
+    assert isinstance(o6, StoreOutcome)
+    assert (o6.state, o6.duplicate_of_raw) == (RawState.STORED, None)
+    assert [(r.record_id, r.duplicate_of) for r in o6.records] == [("e", None), ("f", "b")]
+
+    def state(raw_id: str) -> tuple[RawState, str | None, str | None]:
+        raw = store.get_raw(raw_id)
+        assert raw is not None
+        return raw.state, raw.duplicate_of, raw.error
+
+    assert [state(r) for r in raws] == [
+        (RawState.STORED, None, None),
+        (RawState.DUPLICATE, r1, None),
+        (RawState.DUPLICATE, earlier, None),
+        (RawState.QUARANTINED, None, "no mapping matches"),
+        (RawState.DUPLICATE, earlier, None),
+        (RawState.STORED, None, None),
+    ]
+    assert {r.id for r in store.list_interactions()} == {"old", "a", "b", "e"}
+    assert store.list_quarantine() == [q4]
+    events = [(e.event, e.subject) for e in reversed(store.list_audit(limit=6))]
+    assert events == [
+        ("stored", r1),
+        ("duplicate", r2),
+        ("duplicate", r3),
+        ("quarantined", r4),
+        ("duplicate", r5),
+        ("stored", r6),
+    ]
+
+
+def test_store_outcomes_match_the_one_by_one_methods(store: Store, other: Store) -> None:
+    """The same outcomes through store_outcomes and through the single methods (on a
+    second database state built the same way) come out the same."""
+
+    def scenario(s: Store, tag: str, batched: bool) -> list[object]:
+        first = add(s, f"{tag}-first".encode())
+        s.store_interactions(first, [(record(f"{tag}-x"), f"{tag}-KX")])
+        quarantined = add(s, f"{tag}-q".encode())
+        s.quarantine(quarantined, "parse", "bad")
+        s.requeue(quarantined)
+        ids = [add(s, f"{tag}-{i}".encode()) for i in range(3)]
+        outcomes = [
+            StoreRecords(ids[0], [(record(f"{tag}-a"), f"{tag}-KA"), (record(f"{tag}-x2"), f"{tag}-KX")]),
+            Quarantine(quarantined, "map", "still bad"),  # a replay failing again: replays + 1
+            StoreRecords(ids[1], [(record(f"{tag}-a2"), f"{tag}-KA")]),
+            SameBytes(ids[2], first),
+        ]
+        if batched:
+            results = s.store_outcomes(outcomes)
+        else:
+            results = []
+            for o in outcomes:
+                if isinstance(o, StoreRecords):
+                    results.append(s.store_interactions(o.raw_id, o.records))
+                elif isinstance(o, Quarantine):
+                    results.append(s.quarantine(o.raw_id, o.stage, o.reason))
+                else:
+                    s.mark_duplicate(o.raw_id, o.duplicate_of)
+                    results.append(StoreOutcome(o.raw_id, RawState.DUPLICATE, (), o.duplicate_of))
+        names = {first: "first", quarantined: "q", **{r: f"r{i}" for i, r in enumerate(ids)}}
+
+        def norm(value: object) -> object:
+            text_ = repr(value).replace(f"{tag}-", "")
+            for raw_id, name in names.items():
+                text_ = text_.replace(raw_id, name)
+            return text_
+
+        out: list[object] = []
+        for res in results:
+            if isinstance(res, QuarantineEntry):
+                out.append(norm((res.raw_id, res.stage, res.reason, res.replays)))
+            else:
+                out.append(norm(res))
+        for raw_id in [first, quarantined, *ids]:
+            raw = s.get_raw(raw_id)
+            assert raw is not None
+            out.append(norm((raw.state, raw.duplicate_of, raw.error)))
+        out.append(norm(sorted(r.id for r in s.list_interactions() if r.id.startswith(tag))))
+        return out
+
+    assert scenario(store, "batch", True) == scenario(other, "single", False)
+
+
+def test_a_failing_batch_transaction_records_no_outcome(store: Store, store_url: str) -> None:
+    earlier = add(store, b"earlier")
+    store.store_interactions(earlier, [(record("old"), "K-old")])
+    raws = [add(store, f"raw{i}".encode(), at=T0 + timedelta(minutes=i)) for i in range(4)]
+    assert len(store.claim("w", limit=10)) == 4
+    outcomes = [
+        StoreRecords(raws[0], [(record("a"), "K1")]),
+        StoreRecords(raws[1], [(record("b"), "K1")]),
+        Quarantine(raws[2], "parse", "bad"),
+        SameBytes(raws[3], earlier),
+    ]
+
+    def fail_on_audit(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        # the last statement of the transaction, after every other write
+        if statement.lstrip().upper().startswith("INSERT INTO AUDIT_EVENTS"):
+            raise OperationalError(statement, None, Exception("disk I/O error (injected)"))
+
+    event.listen(store._engine, "before_cursor_execute", fail_on_audit)
+    try:
+        with pytest.raises(StoreUnavailable, match="injected"):
+            store.store_outcomes(outcomes)
+    finally:
+        event.remove(store._engine, "before_cursor_execute", fail_on_audit)
+    for raw_id in raws:
+        raw = store.get_raw(raw_id)
+        assert raw is not None
+        assert (raw.state, raw.duplicate_of, raw.error) == (RawState.PROCESSING, None, None)
+    assert [r.id for r in store.list_interactions()] == ["old"]
+    assert store.list_quarantine(include_resolved=True) == []
+    # recovery re-runs them, and then they are recorded whole
+    assert store.recover() == 4
+    assert len(store.claim("w2", limit=10)) == 4
+    results = store.store_outcomes(outcomes)
+    assert [getattr(r, "state", "quarantined") for r in results] == [
+        RawState.STORED,
+        RawState.DUPLICATE,
+        "quarantined",
+        RawState.DUPLICATE,
+    ]
+    assert {r.id for r in store.list_interactions()} == {"old", "a"}
+
+
+def test_store_outcomes_caller_errors(store: Store) -> None:
+    raw = add(store, b"one")
+    assert store.store_outcomes([]) == []
+    with pytest.raises(ValueError, match="only one outcome"):
+        store.store_outcomes([Quarantine(raw, "parse", "x"), StoreRecords(raw, [])])
+    with pytest.raises(KeyError):
+        store.store_outcomes([StoreRecords(raw, []), Quarantine("nope", "parse", "x")])
+    with pytest.raises(KeyError):
+        store.store_outcomes([SameBytes(raw, "nope")])
+    got = store.get_raw(raw)
+    assert got is not None
+    assert got.state is RawState.RECEIVED  # nothing of the failed calls was kept
+
+
+def test_first_raws_with_sha_for_a_batch(store: Store) -> None:
+    first = add(store, b"same", at=T0 + timedelta(hours=1))
+    earliest = add(store, b"same", at=T0)
+    other = add(store, b"other", at=T0)
+    pending = add(store, b"new", at=T0)
+    for raw_id, key in ((first, "k1"), (earliest, "k2"), (other, "k3")):
+        store.store_interactions(raw_id, [(record(f"rec-{key}"), key)])
+    found = store.first_raws_with_sha([sha(b"same"), sha(b"other"), sha(b"new"), sha(b"none")])
+    assert {k: v.id for k, v in found.items()} == {sha(b"same"): earliest, sha(b"other"): other}
+    assert found[sha(b"same")] == store.first_raw_with_sha(sha(b"same"), exclude=pending)
+    excluded = store.first_raws_with_sha([sha(b"same"), sha(b"other")], exclude=[earliest, other])
+    assert {k: v.id for k, v in excluded.items()} == {sha(b"same"): first}
+    assert store.first_raws_with_sha([]) == {}

@@ -3,21 +3,29 @@
 from gateway.store.models import RawState
 from gateway.store.store import (
     AuditEntry,
+    Outcome,
     PartnerRow,
+    Quarantine,
     QuarantineEntry,
     RawMessage,
+    SameBytes,
     Store,
     StoredRecord,
     StoreOutcome,
+    StoreRecords,
 )
 
 __all__ = [
     "AuditEntry",
+    "Outcome",
     "PartnerRow",
+    "Quarantine",
     "QuarantineEntry",
     "RawMessage",
     "RawState",
+    "SameBytes",
     "Store",
     "StoreOutcome",
+    "StoreRecords",
     "StoredRecord",
 ]

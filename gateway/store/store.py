@@ -7,8 +7,9 @@ Misuse by the caller (an unknown raw id, a naive datetime) raises ``KeyError`` /
 ``ValueError`` instead, because retrying would not help.
 
 The inbox and outcome paths (``add_raw``, ``claim``, ``claim_id``,
-``first_raw_with_sha``, ``store_interactions``, ``mark_duplicate``, ``quarantine``)
-run once or more per received file, so they use SQLAlchemy Core with statements
+``first_raw(s)_with_sha``, ``store_outcomes`` and the single-raw ``store_interactions``,
+``mark_duplicate``, ``quarantine`` built on it) run once or more per received file or
+claimed batch, so they use SQLAlchemy Core with statements
 built once per store (compiled forms come from the engine's cache), executemany
 for the rows of a whole call, and no ORM session. The ORM models stay the schema's
 source of truth and serve the listing queries.
@@ -21,7 +22,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -140,6 +141,38 @@ class StoreOutcome:
     state: RawState
     records: tuple[StoredRecord, ...]
     duplicate_of_raw: str | None
+
+
+# --- outcomes of processing, for store_outcomes() ---------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreRecords:
+    """Store these (record, dedup key) pairs of ``raw_id``: :meth:`Store.store_interactions`."""
+
+    raw_id: str
+    records: Sequence[tuple[InteractionRecord, str]]
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """Park ``raw_id`` at ``stage`` for ``reason``: :meth:`Store.quarantine`."""
+
+    raw_id: str
+    stage: str | Stage
+    reason: str
+
+
+@dataclass(frozen=True)
+class SameBytes:
+    """``raw_id`` has the same bytes as the stored ``duplicate_of``: :meth:`Store.mark_duplicate`."""
+
+    raw_id: str
+    duplicate_of: str
+
+
+#: what processing one claimed raw message came to
+Outcome = StoreRecords | Quarantine | SameBytes
 
 
 @dataclass(frozen=True)
@@ -263,6 +296,30 @@ class _Sql:
             .with_for_update(skip_locked=True)
         )
         self.claim = update(_RAW).where(raw.id.in_(oldest)).values(claimed).returning(*_RAW.c)
+        # The same for a whole claimed batch (the caller picks the earliest per sha;
+        # more than one STORED raw per sha is rare: same bytes become DUPLICATE).
+        self.first_raws_with_sha = select(_RAW).where(
+            raw.sha256.in_(bindparam("p_shas", expanding=True)),
+            raw.state == RawState.STORED,
+            raw.id.not_in(bindparam("p_ids", expanding=True)),
+        )
+        # lock_raw for several raws at once; in id order, so that two transactions
+        # locking overlapping sets on PostgreSQL cannot deadlock
+        self.lock_raws = (
+            select(
+                raw.id,
+                raw.state,
+                raw.claimed_by,
+                raw.sha256,
+                raw.channel,
+                raw.filename,
+                open_entry.label("open_quarantine"),
+            )
+            .where(raw.id.in_(bindparam("p_ids", expanding=True)))
+            .order_by(raw.id)
+            .with_for_update(of=_RAW)
+        )
+        self.raws_exist = select(raw.id).where(raw.id.in_(bindparam("p_ids", expanding=True)))
         self.first_raw_with_sha = (
             select(_RAW)
             .where(
@@ -423,12 +480,6 @@ class Store:
             raise KeyError(raw_id)
         return row
 
-    def _resolve_quarantine(self, conn: Connection, lock: Any, now: datetime) -> None:
-        # Only when the raw has an open entry (the lock query told us): no statement
-        # at all for the usual first-time success.
-        if lock.open_quarantine is not None:
-            conn.execute(self._sql.resolve_quarantine, {"p_entry": lock.open_quarantine, "p_now": now})
-
     def migrate(self) -> None:
         """Bring the schema to the newest revision. Idempotent; safe to race on PostgreSQL."""
         with _quiet("alembic"):
@@ -555,6 +606,26 @@ class Store:
             row = conn.execute(self._sql.first_raw_with_sha, {"p_sha": sha256, "p_id": exclude}).first()
         return None if row is None else _raw(row)
 
+    def first_raws_with_sha(self, shas: Iterable[str], exclude: Iterable[str] = ()) -> dict[str, RawMessage]:
+        """:meth:`first_raw_with_sha` for many shas in one query: sha -> earliest stored
+        raw message with those bytes whose id is not in ``exclude`` (shas without one
+        are left out)."""
+        wanted = sorted(set(shas))
+        if not wanted:
+            return {}
+        ids = sorted(set(exclude))
+        if len(ids) > _IN_CHUNK:
+            raise ValueError(f"first_raws_with_sha() excludes at most {_IN_CHUNK} ids")
+        first: dict[str, RawMessage] = {}
+        with self._conn("first_raws_with_sha", write=False) as conn:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                params = {"p_shas": wanted[start : start + _IN_CHUNK], "p_ids": ids}
+                for row in conn.execute(self._sql.first_raws_with_sha, params):
+                    known = first.get(row.sha256)
+                    if known is None or (row.received_at, row.id) < (known.received_at, known.id):
+                        first[row.sha256] = _raw(row)
+        return first
+
     # --- outcomes -------------------------------------------------------------------
     #
     # All of these commit with relaxed durability on SQLite (synchronous=NORMAL): if a
@@ -571,7 +642,9 @@ class Store:
         are no records, or when every duplicate belongs to this same raw message, i.e.
         a replay of an already stored message), otherwise DUPLICATE.
         """
-        return self.store_interaction_batches(raw_id, [records])
+        result = self.store_outcomes([StoreRecords(raw_id, records)])[0]
+        assert isinstance(result, StoreOutcome)
+        return result
 
     def store_interaction_batches(
         self, raw_id: str, batches: Iterable[Sequence[tuple[InteractionRecord, str]]]
@@ -586,109 +659,177 @@ class Store:
         now = _now()
         added_partners: dict[str, dict[str, Any]] = {}
         try:
-            outcome = self._store_interactions(raw_id, batches, added_partners, now)
+            with self._conn("store_interactions", relaxed=True) as conn:
+                lock = self._lock_raw(conn, raw_id)
+                tally = _Tally(raw_id)
+                seen: dict[str, tuple[str, str]] = {}
+                for records in batches:
+                    rows = [(tally, record, key) for record, key in records]
+                    self._insert_records(conn, rows, seen, added_partners, now)
+                writes = _OutcomeWrites(now)
+                outcome = writes.stored(tally, lock)
+                writes.flush(conn, self._sql)
         except BaseException:
             self._known_partners.clear()
             raise
         self._known_partners.update(added_partners)
         return outcome
 
-    def _store_interactions(
+    def mark_duplicate(self, raw_id: str, duplicate_of_raw: str) -> None:
+        """The same raw bytes were stored before (the pipeline compares sha256)."""
+        self.store_outcomes([SameBytes(raw_id, duplicate_of_raw)])
+
+    def quarantine(self, raw_id: str, stage: str | Stage, reason: str) -> QuarantineEntry:
+        """Park a raw message; repeated failures update its one open entry (replays+1)."""
+        result = self.store_outcomes([Quarantine(raw_id, stage, reason)])[0]
+        assert isinstance(result, QuarantineEntry)
+        return result
+
+    def store_outcomes(self, outcomes: Sequence[Outcome]) -> list[StoreOutcome | QuarantineEntry]:
+        """The outcomes of several raw messages in ONE transaction; results in the same order.
+
+        Each outcome means exactly what the method of one raw message does, applied in
+        the given order: :class:`StoreRecords` is :meth:`store_interactions` (a
+        :class:`StoreOutcome`; a dedup key stored by an earlier outcome of the same
+        call makes the later record its duplicate, and the later raw a duplicate of the
+        earlier raw, as if the earlier call had committed first), :class:`Quarantine`
+        is :meth:`quarantine` (a :class:`QuarantineEntry`), :class:`SameBytes` is
+        :meth:`mark_duplicate` (a :class:`StoreOutcome` in state DUPLICATE, no records).
+        All or nothing: if anything fails, no outcome is recorded and every raw stays
+        as it was (PROCESSING for claimed ones, which recover() requeues). A raw id may
+        appear only once (ValueError); unknown raw ids raise KeyError.
+        """
+        if not outcomes:
+            return []
+        ids = [o.raw_id for o in outcomes]
+        if len(set(ids)) != len(ids):
+            raise ValueError("store_outcomes(): a raw message may have only one outcome per call")
+        if len(ids) > _IN_CHUNK:
+            raise ValueError(f"store_outcomes(): at most {_IN_CHUNK} outcomes per call")
+        now = _now()
+        added_partners: dict[str, dict[str, Any]] = {}
+        try:
+            with self._conn("store_outcomes", relaxed=True) as conn:
+                results = self._store_outcomes(conn, outcomes, ids, added_partners, now)
+        except BaseException:
+            self._known_partners.clear()
+            raise
+        self._known_partners.update(added_partners)
+        return results
+
+    def _store_outcomes(
         self,
-        raw_id: str,
-        batches: Iterable[Sequence[tuple[InteractionRecord, str]]],
+        conn: Connection,
+        outcomes: Sequence[Outcome],
+        ids: list[str],
         added_partners: dict[str, dict[str, Any]],
         now: datetime,
-    ) -> StoreOutcome:
+    ) -> list[StoreOutcome | QuarantineEntry]:
         sql = self._sql
-        with self._conn("store_interactions", relaxed=True) as conn:
-            lock = self._lock_raw(conn, raw_id)
-            stored: list[StoredRecord] = []
-            new_count = 0
-            duplicate_of_raw: str | None = None
-            # record id of the first record with each key in this call: later ones are
-            # its duplicates (the table's unique key catches the cross-batch case too,
-            # but the owner read-back is then needed, which this avoids)
-            seen: dict[str, str] = {}
-            for records in batches:
-                first: dict[str, InteractionRecord] = {}
-                partners: dict[str, dict[str, Any]] = {}
-                for record, dedup_key in records:
-                    if dedup_key not in seen:
-                        first.setdefault(dedup_key, record)
-                    ref = record.partner
-                    if (
-                        ref is not None
-                        and ref.id not in partners
-                        and ref.id not in added_partners
-                        and ref.id not in self._known_partners
-                    ):
-                        # A record naming a partner that was never synced must not fail
-                        # on the foreign key and retry forever: an inactive placeholder.
-                        partners[ref.id] = {
-                            "id": ref.id,
-                            "name": ref.name or ref.id,
-                            "active": False,
-                            "updated_at": now,
-                        }
-                if partners:
-                    conn.execute(sql.ensure_partners, list(partners.values()))
-                    added_partners.update(partners)
-                # Every candidate in one executemany, ON CONFLICT (dedup_key) DO NOTHING.
-                # In the usual case every row goes in (rowcount says so) and nothing else
-                # is asked. Otherwise the owners of the candidate keys are read back: a
-                # key whose owner is not our record belongs to an earlier interaction, or
-                # to one a concurrent transaction (another node) committed first, which
-                # PostgreSQL made our insert wait for and then skip.
-                owners: dict[str, tuple[str, str]] = {}
-                if first:
-                    inserted = conn.execute(
-                        sql.insert_interactions,
-                        [_interaction_values(rec, key, raw_id, now) for key, rec in first.items()],
-                    ).rowcount
-                    if inserted != len(first):
-                        owners = self._key_owners(conn, list(first))
-                        owners = {
-                            key: owner for key, owner in owners.items() if owner != (first[key].id, raw_id)
-                        }
-                new: list[InteractionRecord] = []
-                for record, dedup_key in records:
-                    owner = owners.get(dedup_key)
-                    if owner is not None:
-                        stored.append(StoredRecord(record.id, owner[0]))
-                        if owner[1] != raw_id and duplicate_of_raw is None:
-                            duplicate_of_raw = owner[1]
-                    elif dedup_key in seen:
-                        stored.append(StoredRecord(record.id, seen[dedup_key]))
-                    elif first[dedup_key] is record:
-                        stored.append(StoredRecord(record.id, None))
-                        new.append(record)
-                        seen[dedup_key] = record.id
-                    else:
-                        stored.append(StoredRecord(record.id, first[dedup_key].id))
-                for key in first:
-                    seen.setdefault(key, first[key].id if key not in owners else owners[key][0])
-                if new:
-                    _insert_children(conn, sql, new)
-                    new_count += len(new)
-            if new_count or duplicate_of_raw is None:
-                state = RawState.STORED
-                duplicate_of_raw = None
+        locks = {row.id: row for row in conn.execute(sql.lock_raws, {"p_ids": ids})}
+        for raw_id in ids:
+            if raw_id not in locks:
+                raise KeyError(raw_id)
+        targets = {o.duplicate_of for o in outcomes if isinstance(o, SameBytes)} - locks.keys()
+        if targets:
+            found = set(conn.scalars(sql.raws_exist, {"p_ids": sorted(targets)}))
+            for o in outcomes:
+                if isinstance(o, SameBytes) and o.duplicate_of not in locks and o.duplicate_of not in found:
+                    raise KeyError(o.duplicate_of)
+        tallies: dict[str, _Tally] = {}
+        rows: list[tuple[_Tally, InteractionRecord, str]] = []
+        for o in outcomes:
+            if isinstance(o, StoreRecords):
+                tally = tallies[o.raw_id] = _Tally(o.raw_id)
+                rows.extend((tally, record, key) for record, key in o.records)
+        if rows:
+            self._insert_records(conn, rows, {}, added_partners, now)
+        writes = _OutcomeWrites(now)
+        results: list[StoreOutcome | QuarantineEntry] = []
+        for o in outcomes:
+            lock = locks[o.raw_id]
+            if isinstance(o, StoreRecords):
+                results.append(writes.stored(tallies[o.raw_id], lock))
+            elif isinstance(o, SameBytes):
+                results.append(writes.same_bytes(o, lock))
             else:
-                state = RawState.DUPLICATE
-            conn.execute(
-                sql.set_outcome,
-                {"p_id": raw_id, "p_state": state, "p_duplicate_of": duplicate_of_raw, "p_now": now},
-            )
-            self._resolve_quarantine(conn, lock, now)
-            self._audit(
-                conn,
-                state.value,
-                raw_id,
-                f"{new_count} new, {len(stored) - new_count} duplicate interaction(s)"
-                + (f"; duplicate of raw {duplicate_of_raw}" if duplicate_of_raw else ""),
-            )
-        return StoreOutcome(raw_id, state, tuple(stored), duplicate_of_raw)
+                results.append(writes.quarantined(conn, sql, o, lock))
+        writes.flush(conn, sql)
+        return results
+
+    def _insert_records(
+        self,
+        conn: Connection,
+        rows: Sequence[tuple[_Tally, InteractionRecord, str]],
+        seen: dict[str, tuple[str, str]],
+        added_partners: dict[str, dict[str, Any]],
+        now: datetime,
+    ) -> None:
+        """Insert one chunk of (raw's tally, record, dedup key), noting each record's fate
+        in its tally. ``seen``: dedup key -> (interaction id, raw id) of its owner, for
+        the keys of earlier chunks of the same transaction; updated."""
+        sql = self._sql
+        # the first record of each key not seen before in this transaction: the only
+        # candidate for inserting; later ones are its duplicates
+        first: dict[str, tuple[_Tally, InteractionRecord]] = {}
+        partners: dict[str, dict[str, Any]] = {}
+        for tally, record, dedup_key in rows:
+            if dedup_key not in seen and dedup_key not in first:
+                first[dedup_key] = (tally, record)
+            ref = record.partner
+            if (
+                ref is not None
+                and ref.id not in partners
+                and ref.id not in added_partners
+                and ref.id not in self._known_partners
+            ):
+                # A record naming a partner that was never synced must not fail on
+                # the foreign key and retry forever: an inactive placeholder.
+                partners[ref.id] = {
+                    "id": ref.id,
+                    "name": ref.name or ref.id,
+                    "active": False,
+                    "updated_at": now,
+                }
+        if partners:
+            conn.execute(sql.ensure_partners, list(partners.values()))
+            added_partners.update(partners)
+        # Every candidate in one executemany, ON CONFLICT (dedup_key) DO NOTHING. In
+        # the usual case every row goes in (rowcount says so) and nothing else is
+        # asked. Otherwise the owners of the candidate keys are read back: a key whose
+        # owner is not our record belongs to an earlier interaction, or to one a
+        # concurrent transaction (another node) committed first, which PostgreSQL made
+        # our insert wait for and then skip.
+        owners: dict[str, tuple[str, str]] = {}
+        if first:
+            inserted = conn.execute(
+                sql.insert_interactions,
+                [_interaction_values(rec, key, t.raw_id, now) for key, (t, rec) in first.items()],
+            ).rowcount
+            if inserted != len(first):
+                owners = {
+                    key: owner
+                    for key, owner in self._key_owners(conn, list(first)).items()
+                    if owner != (first[key][1].id, first[key][0].raw_id)
+                }
+        new: list[InteractionRecord] = []
+        for tally, record, dedup_key in rows:
+            owner = owners.get(dedup_key) or seen.get(dedup_key)
+            if owner is None:
+                first_tally, first_record = first[dedup_key]
+                if first_record is record:
+                    tally.stored.append(StoredRecord(record.id, None))
+                    tally.new_count += 1
+                    new.append(record)
+                    continue
+                owner = (first_record.id, first_tally.raw_id)
+            tally.stored.append(StoredRecord(record.id, owner[0]))
+            if owner[1] != tally.raw_id and tally.duplicate_of_raw is None:
+                tally.duplicate_of_raw = owner[1]
+        for key, (t, rec) in first.items():
+            seen[key] = owners.get(key, (rec.id, t.raw_id))
+        if new:
+            _insert_children(conn, sql, new)
 
     def _key_owners(self, conn: Connection, keys: list[str]) -> dict[str, tuple[str, str]]:
         """dedup key -> (interaction id, raw id) for the keys that exist."""
@@ -698,69 +839,6 @@ class Store:
             for key, interaction_id, owner_raw in conn.execute(self._sql.key_owners, {"p_keys": chunk}):
                 owners[key] = (interaction_id, owner_raw)
         return owners
-
-    def mark_duplicate(self, raw_id: str, duplicate_of_raw: str) -> None:
-        """The same raw bytes were stored before (the pipeline compares sha256)."""
-        now = _now()
-        with self._conn("mark_duplicate", relaxed=True) as conn:
-            lock = self._lock_raw(conn, raw_id)
-            if conn.execute(self._sql.raw_exists, {"p_id": duplicate_of_raw}).first() is None:
-                raise KeyError(duplicate_of_raw)
-            conn.execute(
-                self._sql.set_outcome,
-                {
-                    "p_id": raw_id,
-                    "p_state": RawState.DUPLICATE,
-                    "p_duplicate_of": duplicate_of_raw,
-                    "p_now": now,
-                },
-            )
-            self._resolve_quarantine(conn, lock, now)
-            self._audit(conn, "duplicate", raw_id, f"same bytes as raw {duplicate_of_raw}")
-
-    def quarantine(self, raw_id: str, stage: str | Stage, reason: str) -> QuarantineEntry:
-        """Park a raw message; repeated failures update its one open entry (replays+1)."""
-        stage_name = stage.value if isinstance(stage, enum.Enum) else stage
-        now = _now()
-        sql = self._sql
-        with self._conn("quarantine", relaxed=True) as conn:
-            lock = self._lock_raw(conn, raw_id)
-            conn.execute(sql.set_quarantined, {"p_id": raw_id, "p_error": reason, "p_now": now})
-            if lock.open_quarantine is None:
-                entry_id = uuid.uuid4().hex
-                created_at, replays = now, 0
-                conn.execute(
-                    sql.open_quarantine,
-                    {
-                        "id": entry_id,
-                        "raw_id": raw_id,
-                        "stage": stage_name,
-                        "reason": reason,
-                        "created_at": now,
-                        "updated_at": now,
-                        "resolved_at": None,
-                        "replays": 0,
-                    },
-                )
-            else:
-                entry_id = lock.open_quarantine
-                created_at, replays = conn.execute(
-                    sql.bump_quarantine,
-                    {"p_entry": entry_id, "p_stage": stage_name, "p_reason": reason, "p_now": now},
-                ).one()
-            self._audit(conn, "quarantined", raw_id, f"{stage_name}: {reason}")
-        return QuarantineEntry(
-            id=entry_id,
-            raw_id=raw_id,
-            stage=stage_name,
-            reason=reason,
-            created_at=created_at,
-            raw_sha256=lock.sha256,
-            channel=lock.channel,
-            filename=lock.filename,
-            resolved_at=None,
-            replays=replays,
-        )
 
     def list_quarantine(self, include_resolved: bool = False) -> list[QuarantineEntry]:
         stmt = select(QuarantineRow, RawMessageRow).join(
@@ -937,6 +1015,114 @@ class Store:
 
 
 # --- helpers --------------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    """What happened to the records of one raw message so far in a transaction."""
+
+    raw_id: str
+    stored: list[StoredRecord] = field(default_factory=list)
+    new_count: int = 0
+    #: the raw behind the first record that duplicates another raw's interaction
+    duplicate_of_raw: str | None = None
+
+
+class _OutcomeWrites:
+    """The raw-row updates, quarantine resolutions and audit events of a transaction's
+    outcomes, collected and then written with one executemany per statement."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.outcomes: list[dict[str, Any]] = []
+        self.parked: list[dict[str, Any]] = []
+        self.opened: list[dict[str, Any]] = []
+        self.resolved: list[dict[str, Any]] = []
+        self.audits: list[dict[str, Any]] = []
+
+    def _audit(self, event: str, subject: str, detail: str) -> None:
+        self.audits.append({"at": self.now, "event": event, "subject": subject, "detail": detail})
+
+    def _settle(self, raw_id: str, state: RawState, duplicate_of: str | None, lock: Any) -> None:
+        self.outcomes.append(
+            {"p_id": raw_id, "p_state": state, "p_duplicate_of": duplicate_of, "p_now": self.now}
+        )
+        # Only when the raw has an open entry (the lock query told us): no statement
+        # at all for the usual first-time success.
+        if lock.open_quarantine is not None:
+            self.resolved.append({"p_entry": lock.open_quarantine, "p_now": self.now})
+
+    def stored(self, tally: _Tally, lock: Any) -> StoreOutcome:
+        duplicate_of_raw = tally.duplicate_of_raw
+        if tally.new_count or duplicate_of_raw is None:
+            state = RawState.STORED
+            duplicate_of_raw = None
+        else:
+            state = RawState.DUPLICATE
+        self._settle(tally.raw_id, state, duplicate_of_raw, lock)
+        self._audit(
+            state.value,
+            tally.raw_id,
+            f"{tally.new_count} new, {len(tally.stored) - tally.new_count} duplicate interaction(s)"
+            + (f"; duplicate of raw {duplicate_of_raw}" if duplicate_of_raw else ""),
+        )
+        return StoreOutcome(tally.raw_id, state, tuple(tally.stored), duplicate_of_raw)
+
+    def same_bytes(self, outcome: SameBytes, lock: Any) -> StoreOutcome:
+        self._settle(outcome.raw_id, RawState.DUPLICATE, outcome.duplicate_of, lock)
+        self._audit("duplicate", outcome.raw_id, f"same bytes as raw {outcome.duplicate_of}")
+        return StoreOutcome(outcome.raw_id, RawState.DUPLICATE, (), outcome.duplicate_of)
+
+    def quarantined(self, conn: Connection, sql: _Sql, outcome: Quarantine, lock: Any) -> QuarantineEntry:
+        raw_id, reason, now = outcome.raw_id, outcome.reason, self.now
+        stage = outcome.stage.value if isinstance(outcome.stage, enum.Enum) else outcome.stage
+        self.parked.append({"p_id": raw_id, "p_error": reason, "p_now": now})
+        if lock.open_quarantine is None:
+            entry_id = uuid.uuid4().hex
+            created_at, replays = now, 0
+            self.opened.append(
+                {
+                    "id": entry_id,
+                    "raw_id": raw_id,
+                    "stage": stage,
+                    "reason": reason,
+                    "created_at": now,
+                    "updated_at": now,
+                    "resolved_at": None,
+                    "replays": 0,
+                }
+            )
+        else:
+            # a replay failing again (rare): one UPDATE ... RETURNING each
+            entry_id = lock.open_quarantine
+            created_at, replays = conn.execute(
+                sql.bump_quarantine,
+                {"p_entry": entry_id, "p_stage": stage, "p_reason": reason, "p_now": now},
+            ).one()
+        self._audit("quarantined", raw_id, f"{stage}: {reason}")
+        return QuarantineEntry(
+            id=entry_id,
+            raw_id=raw_id,
+            stage=stage,
+            reason=reason,
+            created_at=created_at,
+            raw_sha256=lock.sha256,
+            channel=lock.channel,
+            filename=lock.filename,
+            resolved_at=None,
+            replays=replays,
+        )
+
+    def flush(self, conn: Connection, sql: _Sql) -> None:
+        for stmt, params in (
+            (sql.set_outcome, self.outcomes),
+            (sql.set_quarantined, self.parked),
+            (sql.open_quarantine, self.opened),
+            (sql.resolve_quarantine, self.resolved),
+            (sql.audit, self.audits),
+        ):
+            if params:
+                conn.execute(stmt, params)
 
 
 def _raw(row: Any) -> RawMessage:
