@@ -8,6 +8,7 @@ quarantined with its stage and reason, so nothing accepted is lost.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import tempfile
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+
+from lxml import etree
 
 from gateway.archive import Archive
 from gateway.config import Config
@@ -185,9 +188,12 @@ class QuarantineSignal(Exception):  # a control-flow signal inside the pipeline,
 def dedup_key(unit: DocumentUnit, partner: PartnerRef | None, raw_sha256: str) -> str:
     """What makes a document "the same document" when it is sent again.
 
-    EDI: the same sender's interchange control number plus the group and set control
-    numbers (a resent interchange carries the same numbers). E-mail: the Message-ID
-    from the same sender. Anything else: the raw bytes and the unit's position.
+    EDI: the same sender's interchange, group and set control numbers, and the same
+    content: a resend carries the same numbers and the same segments, however it is
+    wrapped, encoded or separated; a partner that reuses control numbers for a new
+    document (after a translator reset, say) must not have it dropped as a duplicate.
+    E-mail: the Message-ID from the same sender. Anything else: the raw bytes and the
+    unit's position.
     """
     who = partner.id if partner is not None else _first_identity(unit.sender) or "unknown"
     if unit.standard in {"X12", "EDIFACT"} and unit.interchange_control_number:
@@ -199,11 +205,20 @@ def dedup_key(unit: DocumentUnit, partner: PartnerRef | None, raw_sha256: str) -
                 unit.group_control_number,
                 unit.control_number,
                 unit.doc_type,
+                _content_fingerprint(unit),
             )
         )
     if unit.standard in {"EMAIL", "FAX"} and unit.control_number:
         return f"{unit.standard}|{who}|{unit.control_number}"
     return f"RAW|{raw_sha256}|{unit.index}"
+
+
+def _content_fingerprint(unit: DocumentUnit) -> str:
+    """sha256 (shortened) of the set or message itself, in canonical XML: independent
+    of separators, line breaks and character set, blind to the envelope's dates."""
+    body = unit.tree.find(".//Transaction") if unit.standard == "X12" else unit.tree.find(".//Message")
+    data = etree.tostring(body if body is not None else unit.tree, method="c14n")
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def _first_identity(ids: Mapping[str, str]) -> str:

@@ -40,19 +40,14 @@ ACCEPTED_INVALID = {
 }
 
 
-# Files that repeat an interchange of an earlier file (same sender, same interchange,
-# group and set control numbers: upstream test suites re-use them across variants).
-# Ingested together, in name order, each is recorded as a duplicate, nothing new stored.
+# Files that repeat a document of an earlier file: same sender, same interchange, group
+# and set control numbers AND the same segments (only wrapping, separators or envelope
+# differ). Ingested together, in name order, each is recorded as a duplicate. Upstream
+# suites also reuse control numbers for documents whose content differs (other
+# charsets, other values): those are different documents and are stored.
 DUPLICATE_FILES = {
-    "x12/staedi_810_invoice_4010.edi",
-    "x12/staedi_997_5010.edi",
-    "x12/staedi_997_repetition_and_composites.edi",
-    "edifact/edireader_INVOIC_D97B_UNOE_cyrillic_with_UNA.edi",
-    "edifact/phpedifact_DESADV_D96A_UNOC1_utf8_bytes.edi",
-    "edifact/phpedifact_ORDERS_D01B_EAN010_latin1_release_chars.edi",
-    "edifact/phpedifact_PAORES_single_line_no_newlines.edi",
-    "edifact/staedi_INVOIC_D97B_custom_UNA_release_char.edi",
-    "edifact/staedi_INVOIC_D97B_wrapped_fixed_width.edi",
+    "x12/staedi_810_invoice_4010.edi",  # the first 810 of staedi_810_and_850_two_GS_groups.edi
+    "edifact/staedi_INVOIC_D97B_wrapped_fixed_width.edi",  # custom_UNA_release_char, re-wrapped
 }
 
 

@@ -377,3 +377,11 @@ def test_drain_of_a_batch_gives_the_results_of_one_by_one(tmp_path: Path, config
     ]
     assert [o[2] for o in outcomes["batch"]][2:4] == [1, 2]  # same bytes / same interchange
     assert outcomes["batch"][6][2] == 0  # the message stored before the batch
+
+
+def test_reused_control_numbers_with_new_content_are_not_dropped(pipeline: Pipeline) -> None:
+    first = _ingest(pipeline, x12_850(icn=77, po="PO-A"))
+    # a partner's translator was reset: same ISA13/GS06/ST02, a different order
+    second = _ingest(pipeline, x12_850(icn=77, po="PO-B"))
+    assert first.state == second.state == RawState.STORED
+    assert sorted(r.references["po_number"] for r in pipeline.store.list_interactions()) == ["PO-A", "PO-B"]
