@@ -1123,3 +1123,13 @@ def test_first_raws_with_sha_for_a_batch(store: Store) -> None:
     excluded = store.first_raws_with_sha([sha(b"same"), sha(b"other")], exclude=[earliest, other])
     assert {k: v.id for k, v in excluded.items()} == {sha(b"same"): first}
     assert store.first_raws_with_sha([]) == {}
+
+
+def test_add_raw_born_claimed_is_never_claimed_by_a_worker(store: Store) -> None:
+    raw = store.add_raw(envelope(b"outbound doc"), sha(b"outbound doc"), claimed_by="sender")
+    assert raw.state == RawState.PROCESSING
+    assert raw.claimed_by == "sender"
+    assert store.claim("worker", limit=10) == []
+    assert store.claim_id(raw.id, "worker") is None
+    outcome = store.store_interactions(raw.id, [(record("out-1"), "out-1")])
+    assert outcome.state == RawState.STORED

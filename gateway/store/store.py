@@ -511,10 +511,13 @@ class Store:
 
     # --- inbox ----------------------------------------------------------------------
 
-    def add_raw(self, envelope: Envelope, sha256: str) -> RawMessage:
+    def add_raw(self, envelope: Envelope, sha256: str, *, claimed_by: str | None = None) -> RawMessage:
         """Record a received message durably (committed when this returns).
 
         Adding the same envelope twice (a retry after a lost reply) returns the row.
+        With ``claimed_by`` the row is born claimed (PROCESSING) by that worker, so no
+        inbox worker can take it: for messages the caller processes itself, such as
+        documents we send (an outbound file must never be read as an inbound one).
         """
         now = _now()
         values: dict[str, Any] = {
@@ -526,8 +529,10 @@ class Store:
             "filename": envelope.filename,
             "transport": dict(envelope.transport),
             "sender": dict(envelope.sender),
-            "state": RawState.RECEIVED,
-            "attempts": 0,
+            "state": RawState.RECEIVED if claimed_by is None else RawState.PROCESSING,
+            "attempts": 0 if claimed_by is None else 1,
+            "claimed_by": claimed_by,
+            "claimed_at": None if claimed_by is None else now,
             "updated_at": now,
         }
         # The accept path: a durable transaction (synchronous=FULL on SQLite), since the
@@ -543,10 +548,12 @@ class Store:
                     filename=envelope.filename,
                     transport=_frozen(values["transport"]),
                     sender=_frozen(values["sender"]),
-                    state=RawState.RECEIVED,
-                    attempts=0,
+                    state=values["state"],
+                    attempts=values["attempts"],
                     duplicate_of=None,
                     error=None,
+                    claimed_by=claimed_by,
+                    claimed_at=values["claimed_at"],
                 )
             existing = conn.execute(self._sql.get_raw, {"p_id": envelope.id}).one()
         if existing.sha256 != sha256:
