@@ -511,7 +511,6 @@ def cmd_mapping_test(args: argparse.Namespace) -> int:
     from gateway.mapping import load_mapping
     from gateway.parsers.detect import parse_document
     from gateway.pipeline import _flatten
-    from gateway.record import Direction
 
     sample = Path(args.sample)
     data = sample.read_bytes()
@@ -533,25 +532,13 @@ def cmd_mapping_test(args: argparse.Namespace) -> int:
             result = mapping.apply(unit)
         except GatewayError as exc:
             raise UsageError(f"unit {unit.index} ({unit.standard} {unit.doc_type}): {exc.message}") from None
-        preview = InteractionRecord(
+        preview = result.to_record(
             id="(preview)",
             channel=channel,
-            direction=Direction.INBOUND,
-            kind=result.kind,
             received_at=datetime.now(UTC),
             raw_sha256="0" * 64,
             status=Status.UNRESOLVED,
             sender=dict(unit.sender),
-            occurred_at=result.occurred_at,
-            document=result.document,
-            subject=result.subject,
-            references=result.references,
-            currency=result.currency,
-            total_amount=result.total_amount,
-            lines=result.lines,
-            parties=result.parties,
-            mapping=result.mapping,
-            body=result.body,
         )
         if args.json:
             _emit(preview.to_json())

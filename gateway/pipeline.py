@@ -33,7 +33,6 @@ from gateway.parsers.detect import ParseOptions, parse_document
 from gateway.partners import PartnerDirectory
 from gateway.record import (
     Attachment,
-    Direction,
     InteractionRecord,
     PartnerRef,
     Status,
@@ -515,24 +514,15 @@ class Pipeline:
         references = dict(result.references)
         if parent is not None and id(parent) in ids_by_unit:
             references.setdefault("in_message", ids_by_unit[id(parent)])
-        record = InteractionRecord(
+        record = result.to_record(
             id=uuid.uuid4().hex,
             channel=raw.channel,
-            direction=Direction.INBOUND,
-            kind=result.kind,
             received_at=raw.received_at,
             raw_sha256=raw.sha256,
             status=Status.RECEIVED if partner is not None else Status.UNRESOLVED,
             partner=partner,
             sender=sender,
-            occurred_at=result.occurred_at,
-            document=result.document,
-            subject=result.subject,
             references=references,
-            currency=result.currency,
-            total_amount=result.total_amount,
-            lines=result.lines,
-            parties=result.parties,
             attachments=tuple(
                 Attachment(
                     filename=str(a["filename"]) if a.get("filename") else None,
@@ -542,8 +532,6 @@ class Pipeline:
                 )
                 for a in unit.attachments
             ),
-            mapping=result.mapping,
-            body=result.body,
         )
         ids_by_unit[id(unit)] = record.id
         t0 = time.perf_counter()

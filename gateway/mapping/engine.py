@@ -29,13 +29,16 @@ from gateway.mapping import transforms as tf
 from gateway.mapping.transforms import Candidate, CodeList, TransformFailed, Value, XPathExpr
 from gateway.parsers.base import DocumentUnit
 from gateway.record import (
+    Attachment,
     Direction,
     DocumentInfo,
     InteractionRecord,
     Kind,
     Line,
     MappingRef,
+    PartnerRef,
     Party,
+    Status,
 )
 
 MNS = "urn:b2b-gateway:mapping:1"
@@ -90,6 +93,45 @@ class MappingResult:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "references", MappingProxyType(dict(self.references)))
+
+    def to_record(
+        self,
+        *,
+        id: str,
+        channel: str,
+        received_at: datetime,
+        raw_sha256: str,
+        direction: Direction = Direction.INBOUND,
+        status: Status = Status.RECEIVED,
+        partner: PartnerRef | None = None,
+        sender: Mapping[str, str] | None = None,
+        references: Mapping[str, str] | None = None,
+        attachments: tuple[Attachment, ...] = (),
+    ) -> InteractionRecord:
+        """The interaction record this mapping result makes, with the facts that do not
+        come from the document (``references`` replaces the mapped ones when given)."""
+        return InteractionRecord(
+            id=id,
+            channel=channel,
+            direction=direction,
+            kind=self.kind,
+            received_at=received_at,
+            raw_sha256=raw_sha256,
+            status=status,
+            partner=partner,
+            sender=sender or {},
+            occurred_at=self.occurred_at,
+            document=self.document,
+            subject=self.subject,
+            references=self.references if references is None else references,
+            currency=self.currency,
+            total_amount=self.total_amount,
+            lines=self.lines,
+            parties=self.parties,
+            attachments=attachments,
+            mapping=self.mapping,
+            body=self.body,
+        )
 
 
 # --- schema ---------------------------------------------------------------------------
@@ -833,23 +875,8 @@ class CompiledMapping:
         # placeholders and whatever the stylesheet does to them is ignored
         from gateway.record_xml import record_from_xml, record_to_xml
 
-        placeholder = InteractionRecord(
-            id="mapping",
-            channel="mapping",
-            direction=Direction.INBOUND,
-            kind=result.kind,
-            received_at=datetime(1970, 1, 1, tzinfo=UTC),
-            raw_sha256="0" * 64,
-            occurred_at=result.occurred_at,
-            document=result.document,
-            subject=result.subject,
-            references=result.references,
-            currency=result.currency,
-            total_amount=result.total_amount,
-            lines=result.lines,
-            parties=result.parties,
-            mapping=result.mapping,
-            body=result.body,
+        placeholder = result.to_record(
+            id="mapping", channel="mapping", received_at=datetime(1970, 1, 1, tzinfo=UTC), raw_sha256="0" * 64
         )
         out = self._run_xslt(x, etree.ElementTree(record_to_xml(placeholder))).getroot()
         try:
