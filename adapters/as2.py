@@ -9,18 +9,22 @@ HTTPS when ``as2.tls_certificate`` and ``as2.tls_key`` are configured.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from adapters import Accept, Adapter, RunOptions
 from gateway.archive import Archive
@@ -29,57 +33,134 @@ from gateway.as2.ledger import Ledger, LedgerEntry
 from gateway.as2.outbound import OutboundSender, RetryPolicy, RetryScheduler
 from gateway.as2.profiles import As2Profiles, load_profiles
 from gateway.as2.receiver import Receiver
+from gateway.as2.receiver import Response as As2Response
 from gateway.config import Config, parse_address
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
+
+_HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+_HAVE_HTTPTOOLS = importlib.util.find_spec("httptools") is not None
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+class _Disconnected(Exception):
+    pass
+
+
+#: a scope's headers: (lower-case name, value) byte pairs
+_RawHeaders = list[tuple[bytes, bytes]]
+
+
+def _headers(raw: _RawHeaders) -> dict[str, str]:
+    """Header names (lower-case in ASGI) and values as text; the last of a repeated one."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+
+
+def _request_head(scope: Scope) -> bytes:
+    """The request line and headers as received, for the archive."""
+    query = scope.get("query_string", b"")
+    target = scope["path"].encode("latin-1", "replace") + (b"?" + query if query else b"")
+    version = scope.get("http_version", "1.1").encode("latin-1")
+    lines = [scope["method"].encode("latin-1") + b" " + target + b" HTTP/" + version]
+    lines += [name + b": " + value for name, value in scope["headers"]]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
     """The body, refusing (before reading it whole) anything over ``limit`` bytes."""
-    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge(f"Content-Length {declared} exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge(f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _request_head(request: Request) -> bytes:
-    """The request line and headers as received, for the archive."""
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    version = request.scope.get("http_version", "1.1")
-    lines = [f"{request.method} {target} HTTP/{version}".encode("latin-1")]
-    lines += [name + b": " + value for name, value in request.scope["headers"]]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+def default_workers() -> int:
+    """Receive threads: one per core (the CPU-heavy parts, RSA, AES, hashing and
+    SQLite, release the GIL), plus one so a core is not idle while a thread waits
+    for an fsync."""
+    return (os.cpu_count() or 1) + 1
 
 
-def build_app(receiver: Receiver, path: str, max_bytes: int) -> Starlette:
-    async def as2(request: Request) -> Response:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        head = _request_head(request)
+class As2Endpoint:
+    """The ASGI app: POSTs to the AS2 path go straight to the receiver; everything else
+    (the GET info page, other paths, lifespan) is Starlette's.
+
+    The POST path is plain ASGI, with no Request/Response objects or routing per
+    message. The receiver (CPU- and database-bound) runs in a thread pool sized to
+    the cores, so concurrent clients use them all while the event loop keeps
+    accepting connections.
+    """
+
+    def __init__(
+        self, receiver: Receiver, path: str, max_bytes: int, executor: ThreadPoolExecutor | None = None
+    ) -> None:
+        self.receiver = receiver
+        self.path = path
+        self.max_bytes = max_bytes
+        self.executor = executor
+        self.other = _info_app(path)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            await self.other(scope, receive, send)
+            return
+        headers = _headers(scope["headers"])
+        head = _request_head(scope)
+        loop = asyncio.get_running_loop()
         try:
-            body = await _read_body(request, max_bytes)
+            body = await _read_body(receive, headers.get("content-length"), self.max_bytes)
+        except _Disconnected:
+            return
         except _TooLarge as exc:
-            result = await run_in_threadpool(receiver.refuse, headers, head, 413, str(exc))
-            return Response(result.body, status_code=result.status, headers=dict(result.headers))
-        result = await run_in_threadpool(receiver.handle, headers, body, head + body)
-        return Response(result.body, status_code=result.status, headers=dict(result.headers))
+            refused = await loop.run_in_executor(
+                self.executor, self.receiver.refuse, headers, head, 413, str(exc)
+            )
+            await _respond(send, refused)
+            return
+        result = await loop.run_in_executor(self.executor, self.receiver.handle, headers, body, head + body)
+        await _respond(send, result)
 
+
+async def _respond(send: Send, result: As2Response) -> None:
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in result.headers]
+    headers.append((b"content-length", str(len(result.body)).encode()))
+    await send({"type": "http.response.start", "status": result.status, "headers": headers})
+    await send({"type": "http.response.body", "body": result.body})
+
+
+def _info_app(path: str) -> Starlette:
     async def info(request: Request) -> Response:
         del request
         return PlainTextResponse(f"AS2 endpoint: POST AS2 messages to {path}\n")
 
-    return Starlette(routes=[Route(path, as2, methods=["POST"]), Route(path, info, methods=["GET"])])
+    async def post(request: Request) -> Response:
+        del request  # only reached by a POST the endpoint did not take (never, in practice)
+        return PlainTextResponse("not found\n", status_code=404)
+
+    return Starlette(routes=[Route(path, info, methods=["GET"]), Route(path, post, methods=["POST"])])
+
+
+def build_app(
+    receiver: Receiver, path: str, max_bytes: int, executor: ThreadPoolExecutor | None = None
+) -> As2Endpoint:
+    return As2Endpoint(receiver, path, max_bytes, executor)
 
 
 class As2Adapter:
@@ -94,6 +175,7 @@ class As2Adapter:
         data_dir: Path | None = None,
         retry_policy: RetryPolicy | None = None,
         retry_sweep_seconds: float = 30.0,
+        workers: int | None = None,
     ) -> None:
         self.config = config
         self.retry_policy = retry_policy
@@ -109,6 +191,9 @@ class As2Adapter:
         self._own_store: Store | None = None
         self.async_sender: AsyncMdnSender | None = None
         self.receiver: Receiver | None = None
+        #: threads that run the receiver (see :func:`default_workers`)
+        self.workers = workers or default_workers()
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def tls(self) -> bool:
@@ -161,10 +246,12 @@ class As2Adapter:
         self.receiver = Receiver(
             self.config, self.profiles, accept, ledger, on_async=on_async, on_mdn=self.outbound.receive_mdn
         )
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="as2-receive")
         app = build_app(
             self.receiver,
             self.config.settings.as2_settings.path,
             self.config.settings.limits.max_message_bytes,
+            self._executor,
         )
         s = self.config.settings.as2_settings
         uconfig = uvicorn.Config(
@@ -175,9 +262,14 @@ class As2Adapter:
             access_log=False,
             ssl_certfile=str(s.tls_certificate) if self.tls else None,
             ssl_keyfile=str(s.tls_key) if self.tls else None,
+            # uvloop and httptools (C event loop and HTTP parser) when installed; the
+            # pure-Python asyncio loop and h11 otherwise.
+            loop="uvloop" if _HAVE_UVLOOP else "asyncio",
+            http="httptools" if _HAVE_HTTPTOOLS else "h11",
             # Not the default 1 MB h11 limit: this is for headers only; bodies are streamed.
             h11_max_incomplete_event_size=256 * 1024,
             timeout_keep_alive=30,
+            lifespan="off",
         )
         self._server = uvicorn.Server(uconfig)
         self._thread = threading.Thread(target=self._serve, name="as2-http", daemon=True)
@@ -201,13 +293,21 @@ class As2Adapter:
 
     def _serve(self) -> None:
         assert self._server is not None
-        asyncio.run(self._server.serve())
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+        if _HAVE_UVLOOP:
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(self._server.serve())
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         if self.async_sender is not None:
             self.async_sender.stop()
         if self.retries is not None:

@@ -244,7 +244,6 @@ def main() -> None:
                 path = str(Path(tmp) / f"messages-{clients}.pickle")
                 with open(path, "wb") as fh:
                     pickle.dump(batch, fh)
-                # warm-up: a few messages not counted (connections, caches)
                 figures[clients] = run_endpoint(adapter.url, path, len(batch), clients)
                 rate, cpu, bad = figures[clients]
                 print(

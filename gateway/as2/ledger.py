@@ -16,13 +16,28 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import Engine, Index, Integer, LargeBinary, String, Text, UniqueConstraint, select, update
+from sqlalchemy import (
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gateway.errors import StoreUnavailable
 from gateway.store import Store
+from gateway.store.engine import RELAXED
 from gateway.store.models import Base
 
 
@@ -97,7 +112,7 @@ class LedgerEntry:
         return head + b"\r\n" + self.mdn_body
 
 
-def _entry(row: As2MessageRow) -> LedgerEntry:
+def _entry(row: As2MessageRow | _Row) -> LedgerEntry:
     headers = tuple((str(k), str(v)) for k, v in json.loads(row.mdn_headers or "[]"))
     return LedgerEntry(
         id=row.id,
@@ -124,25 +139,59 @@ def _entry(row: As2MessageRow) -> LedgerEntry:
     )
 
 
+class _Row:
+    """A Core result row read by attribute, like an ORM row (for :func:`_entry`)."""
+
+    __slots__ = ("_m",)
+
+    def __init__(self, mapping: Mapping[Any, Any]) -> None:
+        self._m = mapping
+
+    def __getattr__(self, name: str) -> Any:
+        return self._m[name]
+
+
+# The receive path's statements, built once: SQLAlchemy Core on a connection, no ORM
+# session, identity map or unit of work per message; compiled forms come from the
+# engine's cache.
+_T = cast(Table, As2MessageRow.__table__)
+_BY_KEY = select(_T).where(
+    _T.c.direction == bindparam("k_direction"),
+    _T.c.partner_id == bindparam("k_partner_id"),
+    _T.c.message_id == bindparam("k_message_id"),
+)
+_INSERT = insert(_T)
+_REPLACE = update(_T).where(_T.c.id == bindparam("k_id"))
+
+
 class Ledger:
     def __init__(self, store: Store) -> None:
         self._engine: Engine = store.engine
         self._writer = store.write_engine
+        # The received-message ledger commits with relaxed durability (SQLite:
+        # synchronous=NORMAL in WAL mode; PostgreSQL is unaffected). What a positive MDN
+        # promises is already durable before the ledger is written: the raw request in
+        # the archive (fsynced) and the inbox row (committed at synchronous=FULL). The
+        # ledger row only lets a resend get the same MDN back. A NORMAL commit survives
+        # a crash of the process; only a power or OS failure can lose it, and only
+        # until the next FULL commit (the next message's inbox row) syncs the WAL
+        # behind it. Should one be lost, the partner's resend is accepted again and
+        # answered with a fresh positive MDN of the same MIC, and the pipeline's
+        # deduplication (the same payload bytes, the same interchange control numbers)
+        # still records no second interaction. So a lost ledger row costs one
+        # duplicate raw message, never a lost or a doubled interaction; FULL would cost
+        # an fsync per message on the hot path for that.
+        self._relaxed_writer = store.write_engine.execution_options(**{RELAXED: True})
 
     def _session(self, write: bool) -> Session:
         return Session(self._writer if write else self._engine, expire_on_commit=False)
 
     def find(self, direction: str, partner_id: str, message_id: str) -> LedgerEntry | None:
+        key = {"k_direction": direction, "k_partner_id": partner_id, "k_message_id": message_id}
         try:
-            with self._session(False) as s, s.begin():
-                row = s.scalars(
-                    select(As2MessageRow).where(
-                        As2MessageRow.direction == direction,
-                        As2MessageRow.partner_id == partner_id,
-                        As2MessageRow.message_id == message_id,
-                    )
-                ).first()
-                return None if row is None else _entry(row)
+            with self._engine.connect() as conn:
+                row = conn.execute(_BY_KEY, key).mappings().first()
+                return None if row is None else _entry(_Row(row))
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"AS2 ledger: lookup failed: {exc}") from exc
 
@@ -191,31 +240,25 @@ class Ledger:
             "async_next_at": now if async_url else None,
             "async_error": None,
         }
-        key = (
-            As2MessageRow.direction == direction,
-            As2MessageRow.partner_id == partner_id,
-            As2MessageRow.message_id == message_id,
-        )
+        key = {"k_direction": direction, "k_partner_id": partner_id, "k_message_id": message_id}
+        engine = self._relaxed_writer if direction == "in" else self._writer
         try:
-            with self._session(True) as s, s.begin():
-                row = s.scalars(select(As2MessageRow).where(*key)).first()
+            with engine.begin() as conn:
+                row = conn.execute(_BY_KEY, key).mappings().first()
                 if row is not None:
-                    if row.status == "processed":
-                        return _entry(row), False
-                    for name, value in values.items():
-                        setattr(row, name, value)
-                    s.flush()
-                    return _entry(row), True
-                row = As2MessageRow(
-                    id=uuid.uuid4().hex,
-                    direction=direction,
-                    partner_id=partner_id,
-                    message_id=message_id,
+                    if row["status"] == "processed":
+                        return _entry(_Row(row)), False
+                    conn.execute(_REPLACE, {"k_id": row["id"], **values})
+                    return _entry(_Row({**row, **values})), True
+                full = {
+                    "id": uuid.uuid4().hex,
+                    "direction": direction,
+                    "partner_id": partner_id,
+                    "message_id": message_id,
                     **values,
-                )
-                s.add(row)
-                s.flush()
-                return _entry(row), True
+                }
+                conn.execute(_INSERT, full)
+                return _entry(_Row(full)), True
         except IntegrityError:
             # Lost a race with a concurrent resend on PostgreSQL: theirs is the answer.
             found = self.find(direction, partner_id, message_id)

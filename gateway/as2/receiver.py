@@ -122,12 +122,13 @@ def unwrap(
             continue
         if ctype not in _PKCS7_MIME:
             break
-        der = entity.decoded_body()
-        cms_type = smime.content_type_of(der)
+        info = smime.load(entity.decoded_body())  # parsed once, handed on below
+        cms_type = smime.content_type_of(info)
         declared = params.get("smime-type", "").lower()
         if cms_type == "enveloped_data":
+            assert info is not None
             decrypted = smime.decrypt(
-                der, profiles.keys, ciphers=policy.ciphers, key_transports=policy.key_transports
+                info, profiles.keys, ciphers=policy.ciphers, key_transports=policy.key_transports
             )
             out.encrypted, out.cipher, out.key_transport = True, decrypted.cipher, decrypted.key_transport
             if decrypted_entity is None:
@@ -135,7 +136,8 @@ def unwrap(
             out.layers.append("encrypted")
             entity = _entity(decrypted.content)
         elif cms_type == "signed_data":
-            verified = smime.verify(der, [], partner.verify_certs, digests=policy.digests)
+            assert info is not None
+            verified = smime.verify(info, (), partner.verify_certs, digests=policy.digests)
             _signed(out, verified)
             out.layers.append("signed")
             entity = _entity(verified.content)
@@ -144,7 +146,8 @@ def unwrap(
                 raise InsufficientSecurity("compressed messages are not accepted from this partner")
             out.compressed = True
             out.layers.append("compressed")
-            entity = _entity(smime.decompress(der, max_decompressed))
+            assert info is not None
+            entity = _entity(smime.decompress(info, max_decompressed))
         elif declared == "enveloped-data" or (not declared and not out.encrypted):
             raise DecryptionFailed("the encrypted body is not a complete CMS structure (truncated?)")
         elif declared == "compressed-data":

@@ -1,8 +1,11 @@
 """CMS / S/MIME primitives on ``cryptography`` (keys, ciphers, digests) and asn1crypto (CMS structures).
 
+Signing (MDNs, outbound messages) is ``cryptography``'s ``PKCS7SignatureBuilder``.
 ``cryptography`` has no API for verifying CMS signatures, for RSA-OAEP or 3DES
-EnvelopedData, or for RFC 3274 CompressedData, so the structures are read and written
-with asn1crypto and every cryptographic operation goes through ``cryptography``.
+EnvelopedData, or for RFC 3274 CompressedData, so those structures are read and
+written with asn1crypto and every cryptographic operation goes through
+``cryptography``. A received structure is parsed once (:func:`load`) and the parsed
+form handed to :func:`decrypt`, :func:`verify` or :func:`decompress`.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import itertools
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from gateway.as2.errors import (
     AuthenticationFailed,
@@ -124,7 +128,7 @@ class Decrypted:
 
 
 def decrypt(
-    der: bytes,
+    der: bytes | cms.ContentInfo,
     ours: Sequence[KeyPair],
     *,
     ciphers: Sequence[str],
@@ -132,7 +136,7 @@ def decrypt(
 ) -> Decrypted:
     """Decrypt CMS EnvelopedData addressed to one of ``ours`` (several during a rollover)."""
     try:
-        info = cms.ContentInfo.load(der)
+        info = _info(der)
         if info["content_type"].native != "enveloped_data":
             raise DecryptionFailed(f"expected enveloped-data, got {info['content_type'].native}")
         env = info["content"]
@@ -216,9 +220,17 @@ def _signed_attr(signer: Any, name: str) -> Any:
     return None
 
 
+def _unique(items: Iterable[bytes]) -> Iterator[bytes]:
+    seen: list[bytes] = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+            yield item
+
+
 def verify(
-    der: bytes,
-    candidates: Sequence[bytes],
+    der: bytes | cms.ContentInfo,
+    candidates: Iterable[bytes],
     trusted: Sequence[x509.Certificate],
     *,
     digests: Sequence[str],
@@ -231,7 +243,7 @@ def verify(
     never trusted on their own: only the partner profile's certificates verify.
     """
     try:
-        info = cms.ContentInfo.load(der)
+        info = _info(der)
         if info["content_type"].native != "signed_data":
             raise AuthenticationFailed(f"expected signed-data, got {info['content_type'].native}")
         sd = info["content"]
@@ -242,16 +254,22 @@ def verify(
         raise AuthenticationFailed(f"signature is not a readable CMS signed-data structure: {exc}") from exc
     if not signers:
         raise AuthenticationFailed("signed-data without a signer")
-    contents = [bytes(opaque)] if opaque is not None else list(dict.fromkeys(candidates))
-    if not contents:
+    # The candidate spellings are produced lazily: most senders sign the exact bytes,
+    # so the canonicalised alternatives are rarely computed at all.
+    contents = _unique((bytes(opaque),) if opaque is not None else candidates)
+    first = next(contents, None)
+    if first is None:
         raise AuthenticationFailed("detached signature without content")
+    contents = itertools.chain((first,), contents)
     signer = signers[0]
     digest = digest_name(signer["digest_algorithm"]["algorithm"].native)
     if digest not in _HASHES:
         raise InsufficientSecurity(f"signature digest {digest} is not supported")
     if digest not in digests:
         raise InsufficientSecurity(f"signature digest {digest} is not allowed for this partner")
-    has_attrs = signer["signed_attrs"].native is not None and len(signer["signed_attrs"]) > 0
+    # len(), not .native: converting every attribute to Python values costs more than
+    # the RSA verification (an absent field is a Void of length 0).
+    has_attrs = len(signer["signed_attrs"]) > 0
     content: bytes | None = None
     if has_attrs:
         expected = _signed_attr(signer, "message_digest")
@@ -268,7 +286,7 @@ def verify(
         # The signature covers the DER SET OF the attributes, not their [0] IMPLICIT form.
         to_verify = [b"\x31" + signer["signed_attrs"].dump()[1:]]
     else:
-        to_verify = contents
+        to_verify = list(contents)
     sig_alg = signer["signature_algorithm"]
     try:
         scheme = sig_alg.signature_algo
@@ -306,9 +324,49 @@ def verify(
     raise AuthenticationFailed("the signature does not verify with the partner's certificate(s)")
 
 
+#: PKCS7SignatureBuilder digests by hashlib name (it refuses SHA-1: see _sign_asn1)
+_SIGN_HASHES: dict[str, type[hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+_DETACHED = (pkcs7.PKCS7Options.Binary, pkcs7.PKCS7Options.DetachedSignature)
+_OPAQUE = (pkcs7.PKCS7Options.Binary,)
+
+
+@functools.lru_cache(maxsize=64)
+def _signer(pair: KeyPair, digest: str) -> pkcs7.PKCS7SignatureBuilder:
+    """A builder with the signer set, made once per key and digest (builders are immutable)."""
+    try:
+        algorithm = _SIGN_HASHES[digest]()
+    except KeyError:
+        raise InsufficientSecurity(f"digest {digest!r} is not supported for signing") from None
+    return pkcs7.PKCS7SignatureBuilder().add_signer(
+        pair.cert, pair.key, algorithm, rsa_padding=asym_padding.PKCS1v15()
+    )
+
+
 def sign(data: bytes, pair: KeyPair, digest: str = "sha256", *, detached: bool = True) -> bytes:
-    """CMS SignedData over ``data`` (DER), with contentType, signingTime and messageDigest."""
+    """CMS SignedData over ``data`` (DER), signed by ``pair`` with RSA PKCS#1 v1.5.
+
+    ``cryptography``'s builder: signed attributes contentType, signingTime,
+    sMIMECapabilities and messageDigest, the signer's certificate included, and (with
+    ``Binary``) the data signed exactly as given. Callers pass the MIME entity already
+    in the form it is sent (CRLF line ends), which is what the MIC and the receiver's
+    digest are computed over.
+    """
     digest = digest_name(digest)
+    if digest == "sha1":
+        # Legacy partners that ask for SHA-1 MICs (where their profile allows it).
+        return _sign_asn1(data, pair, digest, detached=detached)
+    builder = _signer(pair, digest).set_data(data)
+    return builder.sign(Encoding.DER, _DETACHED if detached else _OPAQUE)
+
+
+def _sign_asn1(data: bytes, pair: KeyPair, digest: str, *, detached: bool) -> bytes:
+    """SignedData built with asn1crypto: only for SHA-1, which the builder refuses."""
     hash_alg = hash_for(digest)
     attrs = cms.CMSAttributes(
         [
@@ -418,10 +476,10 @@ def encrypt(
 # --- compression (RFC 3274) ---------------------------------------------------------------
 
 
-def decompress(der: bytes, limit: int) -> bytes:
+def decompress(der: bytes | cms.ContentInfo, limit: int) -> bytes:
     """Inflate CMS CompressedData, refusing to produce more than ``limit`` bytes."""
     try:
-        info = cms.ContentInfo.load(der)
+        info = _info(der)
         if info["content_type"].native != "compressed_data":
             raise DecompressionFailed(f"expected compressed-data, got {info['content_type'].native}")
         cd = info["content"]
@@ -454,9 +512,30 @@ def compress(data: bytes) -> bytes:
     return bytes(cms.ContentInfo({"content_type": "compressed_data", "content": cd}).dump())
 
 
-def content_type_of(der: bytes) -> str | None:
-    """``enveloped_data``, ``signed_data``, ``compressed_data`` ... or None when not CMS."""
+def load(der: bytes) -> cms.ContentInfo | None:
+    """The CMS ContentInfo of ``der`` (parsed lazily, once), or None when it is not CMS.
+
+    Pass the result on to :func:`decrypt`, :func:`verify` or :func:`decompress`
+    instead of the bytes so the structure is not parsed a second time.
+    """
     try:
-        return str(cms.ContentInfo.load(der)["content_type"].native)
+        info = cms.ContentInfo.load(der)
+        info["content_type"].native  # noqa: B018 - parses the outer SEQUENCE now
     except (ValueError, TypeError, KeyError):
         return None
+    return info
+
+
+def content_type_of(der: bytes | cms.ContentInfo | None) -> str | None:
+    """``enveloped_data``, ``signed_data``, ``compressed_data`` ... or None when not CMS."""
+    info = load(der) if isinstance(der, bytes) else der
+    if info is None:
+        return None
+    try:
+        return str(info["content_type"].native)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _info(der: bytes | cms.ContentInfo) -> cms.ContentInfo:
+    return cms.ContentInfo.load(der) if isinstance(der, bytes) else der
