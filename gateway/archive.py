@@ -32,6 +32,19 @@ def _fsync_dir(path: Path) -> None:
 class Archive:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Directories known to exist (and whose creation was made durable): creating
+        # and checking them again costs a syscall or two on every message.
+        self._dirs: set[Path] = set()
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._dirs:
+            return
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            # the new directory's own entry must survive a crash too
+            _fsync_dir(directory.parent)
+            _fsync_dir(directory.parent.parent)
+        self._dirs.add(directory)
 
     def path_for(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -42,11 +55,20 @@ class Archive:
         """Store ``data`` durably; return its sha256. Idempotent."""
         digest = sha256_hex(data)
         target = self.path_for(digest)
-        if target.exists() and target.stat().st_size == len(data):
-            return digest
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+            if target.stat().st_size == len(data):
+                return digest
+        except OSError:
+            pass  # not there (yet); writing it will say what is wrong, if anything
+        try:
+            self._ensure_dir(target.parent)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+            except FileNotFoundError:
+                # someone removed a directory we had seen: forget what we knew, once
+                self._dirs.clear()
+                self._ensure_dir(target.parent)
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
@@ -77,7 +99,7 @@ class Archive:
                     out.flush()
                     os.fsync(out.fileno())
                 target = self.path_for(digest.hexdigest())
-                target.parent.mkdir(parents=True, exist_ok=True)
+                self._ensure_dir(target.parent)
                 os.replace(tmp, target)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

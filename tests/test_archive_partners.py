@@ -64,3 +64,13 @@ def test_inactive_partner_is_not_resolved() -> None:
         id="old", name="Old", source=Path("old.toml"), identities=(("as2", "OLD"),), active=False
     )
     assert PartnerDirectory([inactive]).resolve({"as2": "OLD"}) is None
+
+
+def test_archive_recovers_when_a_known_directory_is_removed(tmp_path: Path) -> None:
+    import shutil
+
+    archive = Archive(tmp_path / "a")
+    first = archive.put(b"one")
+    shutil.rmtree(tmp_path / "a")
+    assert archive.put(b"one") == first  # written again, not assumed present
+    assert archive.get(first) == b"one"
