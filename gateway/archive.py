@@ -1,6 +1,7 @@
 """Content-addressed archive of raw messages.
 
-Raw bytes are stored once per sha256 under ``<root>/ab/cd/<sha256>``. A write goes
+Raw bytes are stored once per sha256 under ``<root>/ab/<sha256>``: 256 directories,
+which all exist soon, so a new message rarely creates (and fsyncs) a directory. A write goes
 to a temporary file in the same directory, is fsynced, renamed into place and the
 directory fsynced, so after :meth:`Archive.put` returns the bytes survive a crash.
 """
@@ -40,16 +41,17 @@ class Archive:
         if directory in self._dirs:
             return
         if not directory.is_dir():
+            created = [d for d in (directory, *directory.parents) if not d.exists()]
             directory.mkdir(parents=True, exist_ok=True)
-            # the new directory's own entry must survive a crash too
-            _fsync_dir(directory.parent)
-            _fsync_dir(directory.parent.parent)
+            # each new directory's own entry must survive a crash too
+            for new in reversed(created):
+                _fsync_dir(new.parent)
         self._dirs.add(directory)
 
     def path_for(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
-        return self.root / sha256[:2] / sha256[2:4] / sha256
+        return self.root / sha256[:2] / sha256
 
     def put(self, data: bytes) -> str:
         """Store ``data`` durably; return its sha256. Idempotent."""

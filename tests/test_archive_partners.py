@@ -19,7 +19,7 @@ def test_archive_is_content_addressed_and_idempotent(tmp_path: Path) -> None:
     assert digest == hashlib.sha256(data).hexdigest()
     assert archive.put(data) == digest
     assert archive.get(digest) == data
-    assert archive.path_for(digest).parent.parent.name == digest[:2]
+    assert archive.path_for(digest).parent.name == digest[:2]
     leftovers = [p for p in (tmp_path / "a").rglob(".incoming-*")]
     assert leftovers == []
 
