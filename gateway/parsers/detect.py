@@ -16,7 +16,8 @@ between formats the content allows):
 5. E-mail: channel ``email``, a ``.eml`` file name, or an RFC 5322 header block at
    the start (header lines incl. one e-mail-only name such as ``From``,
    ``Received``, ``Return-Path``, ``MIME-Version``, ``Message-ID``, then a blank
-   line): :class:`EmailParser`.
+   line): :class:`EmailParser`, with the fax provider rules of ``ParseOptions`` (a
+   recognised fax-to-mail notice comes out as a ``FAX`` unit).
 6. XML: ``<?xml``, a doctype/comment/PI or ``<`` + a name, after BOM/whitespace:
    :class:`XmlParser`.
 7. PDF: ``%PDF-``: :class:`PdfParser`.
@@ -49,9 +50,10 @@ from dataclasses import dataclass
 from typing import cast
 
 from gateway.errors import EnvelopeError, UnknownFormat
+from gateway.fax_rules import DEFAULT_COUNTRY, FaxRule
 from gateway.parsers.base import DocumentUnit, Parser
 from gateway.parsers.csvdoc import CsvParser, looks_delimited
-from gateway.parsers.emaildoc import EmailParser, looks_like_email
+from gateway.parsers.emaildoc import MAX_PARTS, EmailParser, looks_like_email
 from gateway.parsers.faxdoc import FaxParser, is_tiff
 from gateway.parsers.textdoc import PdfParser, TextParser, is_pdf, looks_like_text
 from gateway.parsers.xmldoc import XmlParser, has_xml_declaration, looks_like_xml
@@ -109,11 +111,26 @@ class ParseOptions:
 
     ``strict_edifact_envelopes`` off: UNT/UNE/UNZ count and reference mismatches
     (common in real partners' files) are reported to ``on_problem`` and the messages
-    are kept; structural faults are always errors.
+    are kept; structural faults are always errors. ``fax_rules`` (from
+    ``config/fax-providers``) let the e-mail parser recognise fax-to-mail notices;
+    callers' numbers are read in ``fax_default_country``. ``max_mime_parts`` bounds
+    the parts of one e-mail (``limits.max_mime_parts``).
     """
 
     strict_edifact_envelopes: bool = False
     on_problem: Callable[[EnvelopeError], None] | None = None
+    fax_rules: tuple[FaxRule, ...] = ()
+    fax_default_country: str = DEFAULT_COUNTRY
+    max_mime_parts: int = MAX_PARTS
+
+
+def _email(options: ParseOptions | None) -> EmailParser:
+    opts = options or ParseOptions()
+    return EmailParser(
+        max_parts=opts.max_mime_parts,
+        fax_rules=opts.fax_rules,
+        fax_default_country=opts.fax_default_country,
+    )
 
 
 def _extension(filename: str | None) -> str:
@@ -146,7 +163,7 @@ def detect(
     if extension in EDI_EXTENSIONS and channel != "email":
         raise UnknownFormat(f"file {filename} is not EDI: it starts with {_preview(data)}")
     if channel == "email" or extension == ".eml" or looks_like_email(data):
-        return EmailParser()
+        return _email(options)
     if looks_like_xml(data):
         return XmlParser()
     if is_pdf(data):

@@ -8,7 +8,7 @@ Canonical shape (``docs/canonical-xml.md``, "E-mail")::
       <Header name="Subject">...</Header> ...        every header, decoded
       <MessageId>..</MessageId><From address="a@b.test" name="A"/><To address=".."/>
       <Cc address=".."/><Subject>..</Subject><Date>2024-01-01T10:00:00+00:00</Date>
-      <InReplyTo>..</InReplyTo><References>..</References>
+      <InReplyTo>..</InReplyTo><References>..</References><Conversation>..</Conversation>
       <Body media_type="text/plain">...</Body>
       <Attachment filename="po.csv" media_type="text/csv" size="123" sha256="..."/>
     </Email>
@@ -22,7 +22,8 @@ Decisions:
   encodings, only for its size or shape (``max_parts``, ``max_depth``,
   ``max_attachment_bytes``).
 * ``MessageId`` and ``InReplyTo`` hold the bare id (no angle brackets);
-  ``References`` is the header as received. A ``Date`` without zone (``-0000``) is
+  ``References`` is the header as received; ``Conversation`` is the thread's root
+  id: the first of ``References``, else ``In-Reply-To``, else the own Message-ID. A ``Date`` without zone (``-0000``) is
   taken as UTC.
 * Body: the ``text/plain`` body part, else text extracted from the HTML body
   (``Body media_type="text/html"``). No body part (e.g. TNEF only): no ``Body``.
@@ -40,7 +41,13 @@ Decisions:
 * Business documents among the attachments (X12, EDIFACT, XML, CSV: see
   :func:`gateway.parsers.detect.detect_attachment`) are parsed and returned as the
   e-mail unit's ``children``, numbered on from the e-mail (index 2, 3, ...). A
-  broken one does not fail the e-mail: its ``<Attachment>`` carries ``error``.
+  broken one does not fail the e-mail: its ``<Attachment>`` carries ``error``
+  (the pipeline puts it on the record and in the audit log: :func:`attachment_errors`).
+* Fax-to-mail: with fax provider rules (:mod:`gateway.fax_rules`), a message from a
+  provider's sender whose subject/body fit its patterns and which carries a PDF or
+  TIFF is a fax: the unit is standard ``FAX`` (see ``faxdoc``), the e-mail's
+  canonical tree inside it as ``<Fax><Email>``, its sender the caller's fax number
+  (E.164) next to the e-mail addresses. Anything less stays an e-mail.
 """
 
 from __future__ import annotations
@@ -60,8 +67,9 @@ import lxml.html
 from lxml import etree
 
 from gateway.errors import InputError, ParseError, Position, Stage, TooLarge
+from gateway.fax_rules import DEFAULT_COUNTRY, FaxDocument, FaxMatch, FaxRule, match_notice, to_e164
 from gateway.parsers.base import DocumentUnit
-from gateway.parsers.faxdoc import is_tiff, tiff_page_count
+from gateway.parsers.faxdoc import FaxFacts, build_fax, is_tiff, tiff_page_count
 from gateway.parsers.textdoc import (
     MAX_TEXT_CHARS,
     add_pdf_info,
@@ -244,6 +252,29 @@ def _msgid(value: str) -> str:
     return value
 
 
+def reference_ids(references: str) -> list[str]:
+    """The message ids of a ``References`` header, oldest first, without brackets."""
+    ids = re.findall(r"<([^<>\s]+)>", references)
+    return ids or references.split()
+
+
+def conversation_root(message_id: str, in_reply_to: str, references: str) -> str:
+    """The thread's root Message-ID: the first of References, else In-Reply-To, else
+    the message's own id (RFC 5322 3.6.4: References lists the thread from its root)."""
+    ids = reference_ids(references)
+    return ids[0] if ids else (in_reply_to or message_id)
+
+
+def attachment_errors(tree: etree._Element) -> list[tuple[str, str]]:
+    """(filename or media type, reason) of every attachment that looked like a business
+    document but did not parse."""
+    return [
+        (el.get("filename") or el.get("media_type") or "attachment", el.get("error") or "")
+        for el in tree.iter("Attachment")
+        if el.get("error")
+    ]
+
+
 def html_to_text(html: bytes) -> str:
     """Visible text of an HTML body. lxml's HTML parser does not load anything."""
     parser = lxml.html.HTMLParser(encoding="utf-8", no_network=True, remove_comments=True, remove_pis=True)
@@ -290,12 +321,16 @@ class EmailParser:
         max_attachment_bytes: int = MAX_ATTACHMENT_BYTES,
         max_body_chars: int = MAX_TEXT_CHARS,
         parse_attachments: bool = True,
+        fax_rules: Sequence[FaxRule] = (),
+        fax_default_country: str = DEFAULT_COUNTRY,
     ) -> None:
         self.max_parts = max_parts
         self.max_depth = max_depth
         self.max_attachment_bytes = max_attachment_bytes
         self.max_body_chars = max_body_chars
         self.parse_attachments = parse_attachments
+        self.fax_rules = tuple(fax_rules)
+        self.fax_default_country = fax_default_country
 
     def sniff(self, data: bytes) -> bool:
         return looks_like_email(data)
@@ -339,6 +374,9 @@ class EmailParser:
         references = " ".join(decode_header("References", r) for r in _raw_headers(msg, "References")).strip()
         if references:
             etree.SubElement(root, "References").text = xml_text(references)
+        conversation = conversation_root(message_id, reply_to, references)
+        if conversation:
+            etree.SubElement(root, "Conversation").text = xml_text(conversation)
 
         walk = _Walk(self)
         body = walk.message(msg)
@@ -355,12 +393,65 @@ class EmailParser:
             if "@" in address:
                 sender["email_domain"] = address.rsplit("@", 1)[1]
         receiver = {"email": recipients[0][1].lower()} if recipients and recipients[0][1] else {}
+        fax = self._fax(sender.get("email", ""), subject, body, walk.documents)
+        if fax is not None:
+            yield self._fax_unit(fax, root, message_id, sender, receiver, children, walk)
+            return
         yield DocumentUnit(
             standard=self.standard,
             doc_type="message",
             tree=root,
             control_number=message_id,
             sender=sender,
+            receiver=receiver,
+            index=1,
+            children=children,
+            attachments=tuple(walk.attachments),
+        )
+
+    def _fax(
+        self, address: str, subject: str, body: etree._Element | None, documents: Sequence[FaxDocument]
+    ) -> FaxMatch | None:
+        if not self.fax_rules or not address or not documents:
+            return None
+        text = (body.text or "") if body is not None else ""
+        return match_notice(self.fax_rules, sender=address, subject=subject, body=text, documents=documents)
+
+    def _fax_unit(
+        self,
+        fax: FaxMatch,
+        email_tree: etree._Element,
+        message_id: str,
+        sender: dict[str, str],
+        receiver: dict[str, str],
+        children: tuple[DocumentUnit, ...],
+        walk: _Walk,
+    ) -> DocumentUnit:
+        """A recognised fax notice: a FAX unit holding the notice e-mail, whose sender
+        is the caller's fax number as well as the e-mail addresses."""
+        raw_caller = fax.values.get("caller", "")
+        caller = to_e164(raw_caller, self.fax_default_country) if raw_caller else None
+        facts = FaxFacts(
+            caller=caller or "",
+            caller_as_received=raw_caller,
+            caller_name=fax.values.get("caller_name", ""),
+            pages=fax.values.get("pages", ""),
+            provider=fax.rule.name,
+            time=fax.values.get("time", ""),
+        )
+        tree = build_fax(fax.document.data, facts, filename=fax.document.filename or None)
+        tree.append(email_tree)
+        fax_sender = dict(sender)
+        if caller:
+            fax_sender["fax"] = caller
+        elif raw_caller:
+            fax_sender["fax"] = re.sub(r"[^\d+]", "", raw_caller)  # as received: still searchable
+        return DocumentUnit(
+            standard="FAX",
+            doc_type="fax",
+            tree=tree,
+            control_number=message_id,
+            sender=fax_sender,
             receiver=receiver,
             index=1,
             children=children,
@@ -392,6 +483,9 @@ class _Walk:
         self.elements: list[etree._Element] = []
         self.attachments: list[dict[str, str | int]] = []
         self.units: list[DocumentUnit] = []
+        #: PDF and TIFF attachments of the outermost message: fax document candidates
+        self.documents: list[FaxDocument] = []
+        self._forwarded = 0
 
     def message(self, msg: email.message.Message) -> etree._Element | None:
         """Walk ``msg``; returns its ``<Body>`` element."""
@@ -410,6 +504,8 @@ class _Walk:
         media_type = xml_text(body_part.get_content_type())
         if media_type == "text/html":
             text = html_to_text(text.encode("utf-8", "surrogatepass"))
+        else:  # the record's text has one line ending, whatever the wire had
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
         body = text_element("Body", text, self.parser.max_body_chars)
         body.set("media_type", media_type)
         return body
@@ -419,8 +515,10 @@ class _Walk:
         if media_type in ("message/rfc822", "message/global"):
             inner = _children(part)
             self._record(part, _serialise(inner), forwarded=True)
+            self._forwarded += 1
             for message in inner:
                 self.message(message)  # its body belongs to it; only its attachments count
+            self._forwarded -= 1
             return
         if part.is_multipart() and part.get_content_maintype() == "multipart":
             for child in _children(part):
@@ -485,11 +583,15 @@ class _Walk:
             el.set("tnef", "true")
         elif is_pdf(data):
             add_pdf_info(el, pdf_info(data, max_pages=ATTACHMENT_PDF_PAGES, max_chars=ATTACHMENT_PDF_CHARS))
+            if not self._forwarded:
+                self.documents.append(FaxDocument(filename, "application/pdf", data))
         elif is_tiff(data):
             try:
                 el.set("pages", str(tiff_page_count(data)))
             except ValueError as exc:
                 el.set("note", xml_text(f"unreadable TIFF: {exc}"))
+            if not self._forwarded:
+                self.documents.append(FaxDocument(filename, "image/tiff", data))
         elif self.parser.parse_attachments:
             self._parse_document(el, data, filename, media_type)
 
