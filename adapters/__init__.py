@@ -59,9 +59,9 @@ Factory = Callable[[Config, RunOptions], Adapter | None]
 
 
 def _builtin() -> dict[str, Factory]:
-    from adapters import as2, filedrop
+    from adapters import as2, filedrop, imap, smtp
 
-    return {"filedrop": filedrop.factory, "as2": as2.factory}
+    return {"filedrop": filedrop.factory, "as2": as2.factory, "smtp": smtp.factory, "imap": imap.factory}
 
 
 def factories() -> dict[str, Factory]:

@@ -47,6 +47,7 @@ class FileDrop:
         """Take every settled file; ``force`` takes every file now (``gateway run --once``)."""
         taken = 0
         ticks = int(self.settle / self.interval) if self.interval else 1
+        self.folder.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.folder.iterdir()):
             if not path.is_file() or path.name.startswith("."):
                 continue

@@ -617,7 +617,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             adapter.start(pipeline.accept)
             started.append(adapter)
             print(f"started {name}: {adapter.describe()}", flush=True)
-        for channel in ("smtp", "sftp"):
+        for channel in ("sftp",):
             if not getattr(args, f"no_{channel}"):
                 print(f"{channel}: no listener in this version yet (see the issue tracker)", flush=True)
         workers = [

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import ConfigError, Problem
+from gateway.fax_rules import FaxRule, valid_country
+from gateway.fax_rules import load_rules as load_fax_rules
 
 T = TypeVar("T")
 
@@ -103,6 +105,46 @@ class As2Settings:
 
 
 @dataclass(frozen=True)
+class SmtpAuth:
+    """SMTP AUTH on the listener (``[smtp] auth``): PLAIN and LOGIN, over TLS only."""
+
+    #: user name -> where its password lives (never inline)
+    users: Mapping[str, SecretRef] = field(default_factory=dict)
+    #: refuse MAIL (530 5.7.0) from a client that has not authenticated
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Our SMTP server (``[smtp]`` in gateway.toml); paths are absolute once loaded."""
+
+    #: recipients we take mail for: addresses, or "@domain" for a whole domain (lower-case)
+    accept: tuple[str, ...] = ()
+    #: name in the greeting and the Received: header (default: this machine's host name)
+    hostname: str | None = None
+    #: advertised with SIZE; None: limits.max_message_bytes (never more than that)
+    max_message_bytes: int | None = None
+    max_recipients: int = 100
+    #: seconds a client may stay silent before the connection is closed
+    timeout: float = 300.0
+    #: check the sender's domain in DNS (email-validator deliverability); off: syntax only
+    check_dns: bool = False
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    #: refuse everything but EHLO/STARTTLS/QUIT/NOOP/RSET before STARTTLS
+    require_starttls: bool = False
+    auth: SmtpAuth | None = None
+
+
+@dataclass(frozen=True)
+class PartnerEmail:
+    """A partner's ``[email]`` table: sender rules for mail that claims to be from it."""
+
+    #: when set, only these addresses (or "@domain" entries) may send as this partner
+    senders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PartnerAs2:
     """A partner's AS2 settings (``[as2]`` in its profile).
 
@@ -136,6 +178,71 @@ class PartnerAs2:
     mdn_digest: str = "sha256"
 
 
+# --- IMAP polling (the dataclasses; the reader is at the end of this file) --------------------------------------------------------------------
+
+IMAP_TLS_MODES = ("implicit", "starttls")
+_IMAP_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_IMAP_MAILBOX_KEYS = {
+    "name",
+    "enabled",
+    "host",
+    "port",
+    "tls",
+    "tls_ca",
+    "tls_verify",
+    "user",
+    "password",
+    "folders",
+    "after",
+    "include_seen",
+    "interval",
+    "cron",
+    "timeout",
+    "backoff_max",
+}
+
+
+@dataclass(frozen=True)
+class ImapMailbox:
+    """One polled mailbox (``[[imap.mailbox]]`` in gateway.toml)."""
+
+    name: str
+    host: str
+    user: str
+    password: SecretRef
+    port: int = 993
+    #: "implicit" (TLS from the first byte, port 993) or "starttls" (port 143)
+    tls: str = "implicit"
+    #: CA certificates that verify the server (a private CA); default: the system's
+    tls_ca: Path | None = None
+    #: off only for a test server; never for a real mailbox
+    tls_verify: bool = True
+    folders: tuple[str, ...] = ("INBOX",)
+    #: what happens to a message once it is safely in the inbox: "seen" or "move:FOLDER"
+    after: str = "seen"
+    #: also take messages someone already read in the mail client
+    include_seen: bool = False
+    #: seconds between polls; ignored when ``cron`` is set
+    interval: float = 60.0
+    #: a crontab line (minute hour day month weekday), in the machine's time zone
+    cron: str | None = None
+    #: socket timeout of the IMAP connection
+    timeout: float = 60.0
+    #: longest wait between attempts after repeated failures (doubling from ``interval``)
+    backoff_max: float = 3600.0
+    enabled: bool = True
+
+    @property
+    def move_to(self) -> str | None:
+        """The processed folder when ``after`` is ``move:FOLDER``."""
+        return self.after[5:] if self.after.startswith("move:") else None
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    mailboxes: tuple[ImapMailbox, ...] = ()
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """Everything in ``gateway.toml``, checked."""
@@ -152,6 +259,10 @@ class GatewaySettings:
     sftp: Listener
     cert_expiry_warning_days: int = 30
     as2_settings: As2Settings = field(default_factory=As2Settings)
+    imap: ImapSettings = field(default_factory=ImapSettings)
+    smtp_settings: SmtpSettings = field(default_factory=SmtpSettings)
+    #: ``[fax] default_country``: national fax numbers are read in this country (E.164)
+    fax_default_country: str = "US"
 
 
 @dataclass(frozen=True)
@@ -165,6 +276,8 @@ class PartnerProfile:
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: typed ``[as2]`` table; None when the profile has none (no AS2 with this partner)
     as2: PartnerAs2 | None = None
+    #: typed ``[email]`` table; None when the profile has none
+    email: PartnerEmail | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +285,8 @@ class Config:
     directory: Path
     settings: GatewaySettings
     partners: tuple[PartnerProfile, ...]
+    #: fax-to-mail provider rules, ``fax-providers/*.toml`` (see gateway.fax_rules)
+    fax_rules: tuple[FaxRule, ...] = ()
 
     def partner(self, partner_id: str) -> PartnerProfile | None:
         return next((p for p in self.partners if p.id == partner_id), None)
@@ -270,7 +385,18 @@ def _listener(r: _Reader, data: Mapping[str, Any], name: str, default_port: int)
 # Settings the channel issues add; accepted now so a newer config does not break this version.
 _CHANNEL_KEYS: dict[str, set[str]] = {
     "as2": {"path", "certificate", "private_key", "key_password", "tls_certificate", "tls_key"},
-    "smtp": {"accept", "tls_certificate", "tls_key", "auth", "max_message_bytes"},
+    "smtp": {
+        "accept",
+        "tls_certificate",
+        "tls_key",
+        "auth",
+        "max_message_bytes",
+        "hostname",
+        "max_recipients",
+        "timeout",
+        "check_dns",
+        "require_starttls",
+    },
     "sftp": {"host_key", "root"},
 }
 
@@ -299,7 +425,20 @@ def _load_settings(directory: Path, problems: list[Problem]) -> GatewaySettings:
     text, data = _read_toml(path, problems)
     r = _Reader(path, text, problems)
     r.unknown(
-        data, {"gateway", "store", "limits", "processing", "mappings", "as2", "smtp", "sftp", "certificates"}
+        data,
+        {
+            "gateway",
+            "store",
+            "limits",
+            "processing",
+            "mappings",
+            "as2",
+            "smtp",
+            "sftp",
+            "certificates",
+            "imap",
+            "fax",
+        },
     )
     gw = r.table(data, "gateway")
     r.unknown(gw, {"name", "as2_id"}, "gateway.")
@@ -365,6 +504,9 @@ def _load_settings(directory: Path, problems: list[Problem]) -> GatewaySettings:
         sftp=_listener(r, data, "sftp", 2222),
         cert_expiry_warning_days=r.positive(certs, "expiry_warning_days", int, 30, "certificates."),
         as2_settings=_as2_settings(r, r.table(data, "as2")),
+        imap=_imap_settings(r, data),
+        smtp_settings=_smtp_settings(r, r.table(data, "smtp")),
+        fax_default_country=_fax_default_country(r, data),
     )
 
 
@@ -425,6 +567,7 @@ def _load_partner(path: Path, problems: list[Problem]) -> PartnerProfile | None:
             pairs.append((kind, normalise_identity(kind, value)))
     extra = {k: v for k, v in data.items() if k not in {"id", "name", "active", "identities"}}
     as2 = _partner_as2(r, r.table(data, "as2")) if "as2" in data else None
+    email = _partner_email(r, r.table(data, "email"), pairs) if "email" in data else None
     return PartnerProfile(
         id=partner_id,
         name=r.get(data, "name", str, partner_id, ""),
@@ -433,6 +576,7 @@ def _load_partner(path: Path, problems: list[Problem]) -> PartnerProfile | None:
         active=r.get(data, "active", bool, True, ""),
         extra=extra,
         as2=as2,
+        email=email,
     )
 
 
@@ -465,7 +609,8 @@ def load_config(directory: Path, *, strict: bool = True) -> tuple[Config, list[P
                     )
                 )
         partners.append(profile)
-    config = Config(directory, settings, tuple(partners))
+    fax_rules = load_fax_rules(directory / "fax-providers", problems)
+    config = Config(directory, settings, tuple(partners), fax_rules)
     expiring = _certificate_expiry(config)
     if strict:
         # At start an expiring certificate is logged, not fatal: the gateway keeps
@@ -690,3 +835,243 @@ def _certificate_expiry(config: Config) -> list[Problem]:
                     )
                 )
     return problems
+
+
+# --- SMTP settings -------------------------------------------------------------------
+
+
+def email_syntax_error(address: str, *, check_dns: bool = False) -> str | None:
+    """Why ``address`` is not a usable mailbox (email-validator), or None when it is.
+
+    Syntax only unless ``check_dns``; the RFC 2606 ``.test`` domain counts as valid then
+    (the demo uses it), other special-use names (``.local``, ``.invalid``...) do not.
+    """
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        validate_email(
+            address,
+            check_deliverability=check_dns,
+            test_environment=not check_dns,
+            allow_smtputf8=True,
+        )
+    except EmailNotValidError as exc:
+        return str(exc)
+    return None
+
+
+def address_matches(address: str, rules: tuple[str, ...]) -> bool:
+    """Whether ``address`` is one of ``rules`` (addresses, or "@domain" for a domain)."""
+    address = address.lower()
+    domain = "@" + address.rpartition("@")[2]
+    return any(rule in (address, domain) for rule in rules)
+
+
+def _address_rules(r: _Reader, table: Mapping[str, Any], key: str, prefix: str) -> tuple[str, ...]:
+    """A list of addresses and "@domain" entries, checked and lower-cased."""
+    values = table.get(key, [])
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        r.problem(prefix + key, 'must be a list of addresses or "@domain" entries')
+        return ()
+    out: list[str] = []
+    for value in values:
+        rule = value.strip().lower()
+        reason = email_syntax_error("x" + rule if rule.startswith("@") else rule)
+        if reason is not None:
+            r.problem(prefix + key, f'{value!r} is not an address or "@domain": {reason}')
+            continue
+        out.append(rule)
+    return tuple(dict.fromkeys(out))
+
+
+def _smtp_settings(r: _Reader, table: Mapping[str, Any]) -> SmtpSettings:
+    prefix = "smtp."
+    d = SmtpSettings()
+    max_bytes = (
+        r.positive(table, "max_message_bytes", int, 1, prefix) if "max_message_bytes" in table else None
+    )
+    hostname = r.get(table, "hostname", str, "", prefix) or None
+    if hostname is not None and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", hostname):
+        r.problem(prefix + "hostname", f"{hostname!r} is not a host name")
+        hostname = None
+    settings = SmtpSettings(
+        accept=_address_rules(r, table, "accept", prefix),
+        hostname=hostname,
+        max_message_bytes=max_bytes,
+        max_recipients=r.positive(table, "max_recipients", int, d.max_recipients, prefix),
+        timeout=r.positive(table, "timeout", float, d.timeout, prefix),
+        check_dns=r.get(table, "check_dns", bool, d.check_dns, prefix),
+        tls_certificate=_file_setting(r, table, "tls_certificate", prefix),
+        tls_key=_file_setting(r, table, "tls_key", prefix),
+        require_starttls=r.get(table, "require_starttls", bool, d.require_starttls, prefix),
+        auth=_smtp_auth(r, table) if "auth" in table else None,
+    )
+    tls = "tls_certificate" in table and "tls_key" in table
+    if ("tls_certificate" in table) != ("tls_key" in table):
+        r.problem(prefix + "tls_certificate", "STARTTLS needs both tls_certificate and tls_key")
+    if settings.require_starttls and not tls:
+        r.problem(prefix + "require_starttls", "needs tls_certificate and tls_key")
+    if settings.auth is not None and not tls:
+        r.problem(prefix + "auth", "AUTH is offered over TLS only: set tls_certificate and tls_key")
+    if settings.tls_certificate is not None:
+        _check_certificates(r, prefix + "tls_certificate", settings.tls_certificate)
+    return settings
+
+
+def _smtp_auth(r: _Reader, table: Mapping[str, Any]) -> SmtpAuth | None:
+    prefix = "smtp.auth."
+    auth = table["auth"]
+    if not isinstance(auth, dict):
+        r.problem("smtp.auth", 'must be a table: auth = { users = { name = "env:VARIABLE" } }')
+        return None
+    r.unknown(auth, {"users", "required"}, prefix)
+    users_table = auth.get("users", {})
+    if not isinstance(users_table, dict) or not users_table:
+        r.problem(prefix + "users", 'must name at least one user: users = { name = "env:VARIABLE" }')
+        return None
+    users: dict[str, SecretRef] = {}
+    for name in users_table:
+        if not name or not name.isprintable() or any(c.isspace() for c in name):
+            r.problem(prefix + "users", f"{name!r} is not a user name (printable, no spaces)")
+            continue
+        ref = r.secret(users_table, name, prefix + "users.")
+        if ref is not None:
+            users[name] = ref
+    return SmtpAuth(users=users, required=r.get(auth, "required", bool, True, prefix))
+
+
+def _partner_email(r: _Reader, table: Mapping[str, Any], identities: list[tuple[str, str]]) -> PartnerEmail:
+    """``[email] senders``: each must be one of the partner's e-mail identities (an
+    address listed in ``email``, or within a domain listed in ``email_domain``), so the
+    rule narrows who counts as the partner and never adds anyone."""
+    prefix = "email."
+    r.unknown(table, {"senders"}, prefix)
+    senders = _address_rules(r, table, "senders", prefix)
+    addresses = {v for k, v in identities if k == "email"}
+    domains = {v for k, v in identities if k == "email_domain"}
+    for rule in senders:
+        domain = rule.rpartition("@")[2]
+        if rule not in addresses and domain not in domains:
+            r.problem(
+                prefix + "senders",
+                f"{rule!r} is not among this partner's e-mail identities "
+                "([identities] email / email_domain): a sender rule only narrows them",
+            )
+    return PartnerEmail(senders=senders)
+
+
+# --- IMAP settings -------------------------------------------------------------------
+
+
+def _imap_settings(r: _Reader, data: Mapping[str, Any]) -> ImapSettings:
+    table = r.table(data, "imap")
+    r.unknown(table, {"mailbox"}, "imap.")
+    entries = table.get("mailbox", [])
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        r.problem("imap.mailbox", "write each mailbox as a [[imap.mailbox]] table")
+        return ImapSettings()
+    mailboxes: list[ImapMailbox] = []
+    names: set[str] = set()
+    for entry in entries:
+        mailbox = _imap_mailbox(r, entry)
+        if mailbox is None:
+            continue
+        if mailbox.name in names:
+            r.problem("imap.mailbox.name", f"{mailbox.name!r} names two mailboxes")
+            continue
+        names.add(mailbox.name)
+        mailboxes.append(mailbox)
+    return ImapSettings(tuple(mailboxes))
+
+
+def _imap_mailbox(r: _Reader, table: Mapping[str, Any]) -> ImapMailbox | None:
+    prefix = "imap.mailbox."
+    r.unknown(table, _IMAP_MAILBOX_KEYS, prefix)
+    ok = True
+    name = r.get(table, "name", str, "", prefix)
+    if not _IMAP_NAME.match(name):
+        r.problem(prefix + "name", f"{name!r}: use lower-case letters, digits, '.', '_' or '-' (at most 64)")
+        ok = False
+    host = r.get(table, "host", str, "", prefix)
+    user = r.get(table, "user", str, "", prefix)
+    for key, value in (("host", host), ("user", user)):
+        if not value.strip():
+            r.problem(prefix + key, f"mailbox {name!r} needs a {key}")
+            ok = False
+    password = r.secret(table, "password", prefix)
+    if password is None and "password" not in table:
+        r.problem(prefix + "password", 'needs password = "env:VARIABLE" or "file:PATH"')
+    tls = r.get(table, "tls", str, "implicit", prefix).lower()
+    if tls not in IMAP_TLS_MODES:
+        r.problem(prefix + "tls", f"{tls!r}: use one of {', '.join(IMAP_TLS_MODES)} (plain IMAP is refused)")
+        tls = "implicit"
+    port = r.get(table, "port", int, 993 if tls == "implicit" else 143, prefix)
+    if not 1 <= port <= 65535:
+        r.problem(prefix + "port", f"{port} is not a TCP port")
+    folders_value = table.get("folders", ["INBOX"])
+    if isinstance(folders_value, str):
+        folders_value = [folders_value]
+    if (
+        not isinstance(folders_value, list)
+        or not folders_value
+        or not all(isinstance(f, str) and f.strip() for f in folders_value)
+    ):
+        r.problem(prefix + "folders", 'must be a non-empty list of folder names, e.g. ["INBOX"]')
+        folders_value = ["INBOX"]
+    after = r.get(table, "after", str, "seen", prefix)
+    if after != "seen" and not (after.startswith("move:") and after[5:].strip()):
+        r.problem(prefix + "after", f'{after!r}: use "seen" or "move:FOLDER"')
+        after = "seen"
+    elif after.startswith("move:") and after[5:] in folders_value:
+        r.problem(prefix + "after", f"{after!r}: the processed folder cannot be one of the polled folders")
+    cron = r.get(table, "cron", str, "", prefix) or None
+    if cron is not None:
+        if "interval" in table:
+            r.problem(prefix + "cron", "set interval or cron, not both")
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(cron)
+        except ValueError as exc:
+            r.problem(
+                prefix + "cron", f"{cron!r} is not a crontab line (minute hour day month weekday): {exc}"
+            )
+            cron = None
+    if not ok or password is None:
+        return None
+    return ImapMailbox(
+        name=name,
+        host=host.strip(),
+        user=user,
+        password=password,
+        port=port,
+        tls=tls,
+        tls_ca=_file_setting(r, table, "tls_ca", prefix),
+        tls_verify=r.get(table, "tls_verify", bool, True, prefix),
+        folders=tuple(dict.fromkeys(folders_value)),
+        after=after,
+        include_seen=r.get(table, "include_seen", bool, False, prefix),
+        interval=r.positive(table, "interval", float, 60.0, prefix),
+        cron=cron,
+        timeout=r.positive(table, "timeout", float, 60.0, prefix),
+        backoff_max=r.positive(table, "backoff_max", float, 3600.0, prefix),
+        enabled=r.get(table, "enabled", bool, True, prefix),
+    )
+
+
+# --- fax -----------------------------------------------------------------------------
+
+
+def _fax_default_country(r: _Reader, data: Mapping[str, Any]) -> str:
+    """``[fax] default_country``: ISO 3166 alpha-2 code for callers' national numbers."""
+    table = r.table(data, "fax")
+    r.unknown(table, {"default_country"}, "fax.")
+    country = r.get(table, "default_country", str, "US", "fax.").upper()
+    if not valid_country(country):
+        r.problem("fax.default_country", f"{country!r} is not a country code (ISO 3166 alpha-2, e.g. US, DE)")
+        return "US"
+    return country

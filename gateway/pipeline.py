@@ -30,6 +30,8 @@ from gateway.logs import for_message
 from gateway.mapping import MappingRegistry, MappingResult
 from gateway.parsers.base import DocumentUnit
 from gateway.parsers.detect import ParseOptions, parse_document
+from gateway.parsers.emaildoc import attachment_errors
+from gateway.parsers.faxdoc import fax_json
 from gateway.partners import PartnerDirectory
 from gateway.record import (
     Attachment,
@@ -457,7 +459,11 @@ class Pipeline:
         options = ParseOptions(
             strict_edifact_envelopes=self.config.settings.processing.strict_edifact_envelopes,
             on_problem=warnings.append,
+            fax_rules=self.config.fax_rules,
+            fax_default_country=self.config.settings.fax_default_country,
+            max_mime_parts=self.config.settings.limits.max_mime_parts,
         )
+        broken_attachments: list[str] = []
         try:
             units = _flatten(
                 parse_document(data, channel=raw.channel, filename=raw.filename, facts=facts, options=options)
@@ -475,6 +481,8 @@ class Pipeline:
                     ids_by_unit.clear()  # only the current top-level unit's family is linked
                 stage = Stage.MAP
                 item = self._record_for(raw, unit, parent, ids_by_unit)
+                if unit.standard in {"EMAIL", "FAX"}:
+                    broken_attachments.extend(f"{n}: {r}" for n, r in attachment_errors(unit.tree))
                 times.units += 1
                 produced += 1
                 stage = Stage.PARSE
@@ -496,6 +504,11 @@ class Pipeline:
                 "envelope accepted with a fault: %s", warning.message
             )
             self.store.audit("envelope_warning", raw.id, warning.message)
+        for problem in broken_attachments:
+            # The e-mail is stored; the attachment that looked like an order but did not
+            # parse must still reach an administrator (record field + audit + log).
+            for_message(log, raw.id, raw.channel).warning("attachment not parsed: %s", problem)
+            self.store.audit("attachment_error", raw.id, problem)
 
     def _record_for(
         self,
@@ -504,7 +517,9 @@ class Pipeline:
         parent: DocumentUnit | None,
         ids_by_unit: dict[int, str],
     ) -> tuple[InteractionRecord, str]:
-        partner = self.partners.resolve(unit.sender, raw.sender)
+        # A document attached to an e-mail is from whoever sent the e-mail unless its
+        # own identifiers (ISA, UNB) say otherwise: those take precedence by kind.
+        partner = self.partners.resolve(unit.sender, raw.sender, parent.sender if parent is not None else {})
         t0 = time.perf_counter()
         mapping = self.registry.select(unit, channel=raw.channel, partner=partner.id if partner else None)
         result: MappingResult = mapping.apply(unit)
@@ -514,6 +529,10 @@ class Pipeline:
         references = dict(result.references)
         if parent is not None and id(parent) in ids_by_unit:
             references.setdefault("in_message", ids_by_unit[id(parent)])
+        if unit.standard in {"EMAIL", "FAX"}:
+            broken = attachment_errors(unit.tree)
+            if broken:
+                references["attachment_errors"] = "; ".join(f"{n}: {r}" for n, r in broken)[:2000]
         record = result.to_record(
             id=uuid.uuid4().hex,
             channel=raw.channel,
@@ -533,6 +552,9 @@ class Pipeline:
                 for a in unit.attachments
             ),
         )
+        fax = fax_json(unit.tree) if unit.standard == "FAX" else None
+        if fax is not None:
+            record = replace(record, extra={**record.extra, "fax": fax})
         ids_by_unit[id(unit)] = record.id
         t0 = time.perf_counter()
         validate_record(record)

@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("GATEWAY_CORPUS", REPO.parent / "shared" / "corpus"))
 
-pytest_plugins = ["tests.fixtures_postgres"]
+pytest_plugins = ["tests.fixtures_postgres", "tests.fixtures_dovecot", "tests.fixtures_smtp"]
 
 
 def in_ci() -> bool:
