@@ -7,8 +7,13 @@ Measures, on the embedded SQLite store:
      messages per second, with the time per stage.
   3. Reference, same run, same input: pydifact's parse alone of that interchange.
   4. Optionally (--big) a ~50 MB X12 interchange: peak memory (RSS high-water mark).
+  5. Accepted durably only (no processing), from 1 and from 16 threads at once (as
+     adapters with many connections call it): accepts per second, each one durable
+     when it returns (group commit batches the concurrent ones). In-process, bounded
+     by --accepts per measurement and --seconds.
 
     .venv/bin/python bench/pipeline.py [--files N] [--messages N] [--big]
+    .venv/bin/python bench/pipeline.py --only-accept [--accepts N] [--seconds S]
 """
 
 from __future__ import annotations
@@ -136,6 +141,58 @@ def bench_files_running(n: int) -> None:
     print(f"  accepted durably: {n / t_accept:8.0f} files/s; all processed: {n / t_total:8.0f} files/s")
 
 
+def bench_accept_threads(n: int, threads: int, seconds: float) -> None:
+    """Only the durable accept, from ``threads`` threads at once; at most ``n`` accepts
+    and about ``seconds`` seconds (whichever ends first)."""
+    import threading
+
+    data = Path(tempfile.mkdtemp(prefix="bench-accept-"))
+    pipe = open_pipeline(data)
+    base = 200_000 + threads * 1_000_000
+    docs = [x12_850(base + i) for i in range(n)]
+    lock = threading.Lock()
+    next_doc = 0
+    done = 0
+    deadline = time.perf_counter() + seconds
+    errors: list[BaseException] = []
+
+    def take() -> int | None:
+        nonlocal next_doc
+        with lock:
+            if next_doc >= n or time.perf_counter() > deadline:
+                return None
+            next_doc += 1
+            return next_doc - 1
+
+    def worker() -> None:
+        nonlocal done
+        while (i := take()) is not None:
+            try:
+                pipe.accept(Envelope(raw=docs[i], channel=Channel.FILE, filename=f"po{i}.edi"))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                return
+            with lock:
+                done += 1
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    took = time.perf_counter() - t0
+    received = pipe.store.counts()["received"]
+    pipe.close()
+    shutil.rmtree(data)
+    assert received == done, f"{done} accepted but {received} in the inbox"
+    print(
+        f"[accept] {threads:>2} thread(s): accepted durably {done / took:8.0f} files/s "
+        f"({done} files in {took:.2f} s, {took / done * 1e3 * threads:.2f} ms per accept as a caller sees it)"
+        + (f"; errors: {errors[:3]}" if errors else "")
+    )
+
+
 def bench_edifact(count: int) -> None:
     payload = edifact_orders(count)
     # Reference first, same input, same process.
@@ -204,11 +261,20 @@ def main() -> None:
         help="also the 50 MB memory check (run it alone: RSS is a high-water mark)",
     )
     ap.add_argument("--only-big", action="store_true")
+    ap.add_argument("--accepts", type=int, default=5_000, help="accepts per threaded measurement")
+    ap.add_argument("--seconds", type=float, default=20.0, help="time bound per threaded measurement")
+    ap.add_argument("--only-accept", action="store_true", help="only the 1- and 16-thread accept measurement")
     args = ap.parse_args()
+    if args.only_accept:
+        for threads in (1, 16):
+            bench_accept_threads(args.accepts, threads, args.seconds)
+        return
     if not args.only_big:
         bench_files(args.files)
         bench_files_running(args.files)
         bench_edifact(args.messages)
+        for threads in (1, 16):
+            bench_accept_threads(args.accepts, threads, args.seconds)
     if args.big or args.only_big:
         bench_big(50)
 

@@ -4,6 +4,10 @@ Raw bytes are stored once per sha256 under ``<root>/ab/<sha256>``: 256 directori
 which all exist soon, so a new message rarely creates (and fsyncs) a directory. A write goes
 to a temporary file in the same directory, is fsynced, renamed into place and the
 directory fsynced, so after :meth:`Archive.put` returns the bytes survive a crash.
+
+:meth:`Archive.write` and :meth:`Archive.sync_dir` are the two halves of ``put`` for a
+group commit: many writers each write, fsync and rename their own file, and the
+directories they renamed into are fsynced once for all of them.
 """
 
 from __future__ import annotations
@@ -55,11 +59,23 @@ class Archive:
 
     def put(self, data: bytes) -> str:
         """Store ``data`` durably; return its sha256. Idempotent."""
+        digest, directory = self.write(data)
+        self.sync_dir(directory)
+        return digest
+
+    def write(self, data: bytes) -> tuple[str, Path]:
+        """Write ``data`` to its file, fsynced and renamed into place, but without the
+        fsync of the directory it was renamed into: ``(sha256, that directory)``.
+
+        The bytes are durable only after :meth:`sync_dir` of that directory (which a
+        group commit does once for many files). The directory is returned even when
+        the file was already there, since whoever wrote it may not have synced it yet.
+        """
         digest = sha256_hex(data)
         target = self.path_for(digest)
         try:
             if target.stat().st_size == len(data):
-                return digest
+                return digest, target.parent
         except OSError:
             pass  # not there (yet); writing it will say what is wrong, if anything
         try:
@@ -80,10 +96,16 @@ class Archive:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-            _fsync_dir(target.parent)
         except OSError as exc:
             raise StoreUnavailable(f"cannot write to the archive at {self.root}: {exc.strerror}") from exc
-        return digest
+        return digest, target.parent
+
+    def sync_dir(self, directory: Path) -> None:
+        """fsync ``directory`` (from :meth:`write`): the renames into it survive a crash."""
+        try:
+            _fsync_dir(directory)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot write to the archive at {self.root}: {exc.strerror}") from exc
 
     def put_file(self, source: Path) -> tuple[str, int]:
         """Store a file by streaming it (large files are never held whole)."""

@@ -88,6 +88,141 @@ _SPOOL_BATCH = 1_000
 #: at most this many raw messages' outcomes per transaction (drain claims 16)
 _RUN_LIMIT = 256
 
+#: at most this many concurrent accepts share one group commit
+ACCEPT_BATCH = 128
+
+
+@dataclass(eq=False)
+class _Accepting:
+    """One caller of :meth:`Pipeline.accept` waiting for the group commit."""
+
+    envelope: Envelope
+    sha256: str
+    #: archive directories its files were renamed into, not yet fsynced
+    dirs: tuple[Path, ...]
+    done: threading.Event = field(default_factory=threading.Event)
+    #: set with ``done`` when this caller is to commit the next batch
+    lead: bool = False
+    raw: RawMessage | None = None
+    error: BaseException | None = None
+
+    def outcome(self) -> RawMessage:
+        if self.error is not None:
+            raise self.error
+        assert self.raw is not None
+        return self.raw
+
+
+def _per_caller(exc: BaseException) -> BaseException:
+    """An exception of its own for each caller of a failed batch (one exception object
+    raised in several threads would collect all their tracebacks); StoreUnavailable
+    (retry later) for whatever failed, with the original as its cause."""
+    message = (
+        exc.message if isinstance(exc, StoreUnavailable) else f"accept failed: {type(exc).__name__}: {exc}"
+    )
+    own = StoreUnavailable(message)
+    own.__cause__ = exc
+    return own
+
+
+class _GroupCommit:
+    """Group commit of concurrent accepts, leader/follower.
+
+    Each caller has written (and fsynced, and renamed) its own archive file in its own
+    thread, so those fsyncs run in parallel and a failed write fails only its caller.
+    It then queues itself. The first caller to find no batch in progress becomes the
+    leader: it takes everything queued (at most :data:`ACCEPT_BATCH`), fsyncs each
+    directory renamed into once for the batch, adds all inbox rows in one transaction
+    (:meth:`Store.add_raws`: one commit, one WAL fsync), wakes every caller of the batch
+    with its RawMessage or its exception, and hands the leadership to the first caller
+    queued meanwhile, if any. Nobody waits for a batch to fill up: a lone caller commits
+    at once, exactly as a plain archive put + add_raw would.
+    """
+
+    def __init__(self, archive: Archive, store: Store, limit: int = ACCEPT_BATCH) -> None:
+        self.archive = archive
+        self.store = store
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._queue: list[_Accepting] = []
+        self._busy = False
+        #: batches committed and accepts in them (for tests and ``bench/``)
+        self.batches = 0
+        self.accepted = 0
+
+    def submit(self, me: _Accepting) -> RawMessage:
+        with self._lock:
+            self._queue.append(me)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            me.done.wait()
+            if not me.lead:
+                return me.outcome()
+        # Leader: our own entry is first in the queue (we found it empty or were
+        # handed the leadership as its first entry), so this batch includes it.
+        with self._lock:
+            batch = self._queue[: self.limit]
+            del self._queue[: self.limit]
+        try:
+            self._commit(batch)
+        except BaseException as exc:  # a bug or an interrupt: nobody of the batch is accepted
+            for item in batch:
+                if item.raw is None and item.error is None:
+                    item.error = exc if item is me else _per_caller(exc)
+            raise
+        finally:
+            with self._lock:
+                if self._queue:
+                    nxt = self._queue[0]
+                    nxt.lead = True
+                    nxt.done.set()
+                else:
+                    self._busy = False
+            for item in batch:
+                if item is not me:
+                    item.done.set()
+        return me.outcome()
+
+    def _count(self, accepted: int) -> None:
+        with self._lock:
+            self.batches += 1
+            self.accepted += accepted
+
+    def _commit(self, batch: list[_Accepting]) -> None:
+        by_dir: dict[Path, list[_Accepting]] = {}
+        for item in batch:
+            for directory in item.dirs:
+                by_dir.setdefault(directory, []).append(item)
+        for directory, items in by_dir.items():
+            try:
+                self.archive.sync_dir(directory)
+            except StoreUnavailable as exc:
+                for item in items:
+                    item.error = _per_caller(exc)
+        ready = [item for item in batch if item.error is None]
+        if len(ready) > 1:
+            try:
+                raws = self.store.add_raws([(item.envelope, item.sha256) for item in ready])
+            except ValueError:
+                pass  # an envelope id already on file with other content: each on its own, below
+            except StoreUnavailable as exc:
+                for item in ready:
+                    item.error = _per_caller(exc)
+                return
+            else:
+                for item, raw in zip(ready, raws, strict=True):
+                    item.raw = raw
+                self._count(len(ready))
+                return
+        for item in ready:  # a lone caller, or the batch that could not be added at once
+            try:
+                item.raw = self.store.add_raw(item.envelope, item.sha256)
+            except (StoreUnavailable, ValueError) as exc:
+                item.error = exc
+            else:
+                self._count(1)
+
 
 class _Spool:
     """Records of one raw message in a private temporary file, in pickled batches.
@@ -253,6 +388,7 @@ class Pipeline:
         self.times = StageTimes()
         self._reload_lock = threading.Lock()
         self._next_reload = 0.0
+        self._group = _GroupCommit(archive, store)
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -281,19 +417,29 @@ class Pipeline:
 
         Raises :class:`TooLarge` (refuse permanently) or :class:`StoreUnavailable`
         (tell the sender to retry); anything else is a bug and also means "not accepted".
+
+        Thread-safe; concurrent calls are group-committed: each writes and fsyncs its
+        own archive file, then one of them fsyncs the directories and commits the inbox
+        rows of all that are waiting in one transaction (see :class:`_GroupCommit`).
         """
         limit = self.config.settings.limits.max_message_bytes
         if envelope.size > limit:
             raise TooLarge(f"message of {envelope.size} bytes exceeds the limit of {limit} bytes")
         start = time.perf_counter()
+        dirs: list[Path] = []
         if envelope.original is not None:
-            original_sha = self.archive.put(envelope.original)
+            original_sha, original_dir = self.archive.write(envelope.original)
+            dirs.append(original_dir)
             envelope = replace(envelope, transport={**envelope.transport, "original_sha256": original_sha})
-        sha = self.archive.put(envelope.raw)
+        sha, directory = self.archive.write(envelope.raw)
+        if directory not in dirs:
+            dirs.append(directory)
         self.times.add(Stage.ARCHIVE, time.perf_counter() - start)
         start = time.perf_counter()
         try:
-            raw = self.store.add_raw(envelope, sha)
+            # The directory fsyncs and the inbox row: committed together with whatever
+            # other threads accept meanwhile (see _GroupCommit).
+            raw = self._group.submit(_Accepting(envelope, sha, tuple(dirs)))
         finally:
             self.times.add(Stage.RECEIVE, time.perf_counter() - start)
         for_message(log, envelope.id, envelope.channel.value).info(

@@ -74,3 +74,21 @@ def test_archive_recovers_when_a_known_directory_is_removed(tmp_path: Path) -> N
     shutil.rmtree(tmp_path / "a")
     assert archive.put(b"one") == first  # written again, not assumed present
     assert archive.get(first) == b"one"
+
+
+def test_archive_write_then_sync_dir_is_put_in_two_halves(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "a")
+    data = b"UNB+UNOC:3+X+Y'"
+    digest, directory = archive.write(data)
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert directory == archive.path_for(digest).parent
+    assert archive.get(digest) == data  # renamed into place, fsynced
+    archive.sync_dir(directory)  # the rename made durable (what a group commit does once)
+    # already there: the directory is still named, its writer may not have synced it yet
+    assert archive.write(data) == (digest, directory)
+    assert list((tmp_path / "a").rglob(".incoming-*")) == []
+
+
+def test_archive_sync_dir_failure_is_temporary(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="cannot write to the archive"):
+        Archive(tmp_path / "a").sync_dir(tmp_path / "a" / "gone")

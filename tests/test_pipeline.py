@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +22,7 @@ from gateway.envelope import Channel, Envelope
 from gateway.errors import StoreUnavailable, TooLarge
 from gateway.pipeline import Pipeline, ProcessResult
 from gateway.record import Kind, Status
-from gateway.store import RawState, Store
+from gateway.store import RawMessage, RawState, Store
 from tests.conftest import REPO
 from tests.helpers import copy_config, x12_850, x12_940
 
@@ -385,3 +391,248 @@ def test_reused_control_numbers_with_new_content_are_not_dropped(pipeline: Pipel
     second = _ingest(pipeline, x12_850(icn=77, po="PO-B"))
     assert first.state == second.state == RawState.STORED
     assert sorted(r.references["po_number"] for r in pipeline.store.list_interactions()) == ["PO-A", "PO-B"]
+
+
+# --- group commit of concurrent accepts ---------------------------------------------------
+
+THREADS = 16
+
+
+def _accept_all(
+    pipe: Pipeline, envelopes: list[Envelope], first: Envelope | None = None
+) -> list[RawMessage | BaseException]:
+    """accept() every envelope, each from its own thread, all released together; with
+    ``first``, that one is accepted first and the others once it is committing."""
+
+    def one(env: Envelope, start: threading.Barrier | None) -> RawMessage | BaseException:
+        if start is not None:
+            start.wait()
+        try:
+            return pipe.accept(env)
+        except BaseException as exc:  # noqa: BLE001 - returned, for the test to look at
+            return exc
+
+    with ThreadPoolExecutor(max_workers=len(envelopes) + 1) as pool:
+        leader = None
+        if first is not None:
+            leader = pool.submit(one, first, None)
+            deadline = time.monotonic() + 30
+            while not pipe._group._busy and time.monotonic() < deadline:
+                time.sleep(0.001)
+        start = threading.Barrier(len(envelopes))
+        futures = [pool.submit(one, env, start) for env in envelopes]
+        results = [f.result(timeout=120) for f in futures]
+        return results if leader is None else [leader.result(timeout=120), *results]
+
+
+def _hold_first_commit(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, queued: int) -> list[int]:
+    """Hold the first (lone) commit until ``queued`` other callers wait behind it, so that
+    they are all in the next batch; return the sizes of the add_raws calls made."""
+    real_add_raw, real_add_raws = pipe.store.add_raw, pipe.store.add_raws
+    held = threading.Event()
+    sizes: list[int] = []
+
+    def add_raw(envelope: Envelope, sha256: str, **kw: Any) -> RawMessage:
+        if not held.is_set():
+            held.set()
+            deadline = time.monotonic() + 30
+            while len(pipe._group._queue) < queued and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return real_add_raw(envelope, sha256, **kw)
+
+    def add_raws(pairs: list[tuple[Envelope, str]], **kw: Any) -> list[RawMessage]:
+        sizes.append(len(pairs))
+        return real_add_raws(pairs, **kw)
+
+    monkeypatch.setattr(pipe.store, "add_raw", add_raw)
+    monkeypatch.setattr(pipe.store, "add_raws", add_raws)
+    return sizes
+
+
+def _docs(count: int, base: int = 7000) -> list[Envelope]:
+    return [
+        Envelope(raw=x12_850(icn=base + i, po=f"PO-{base + i}"), channel=Channel.FILE, filename=f"po{i}.edi")
+        for i in range(count)
+    ]
+
+
+def test_concurrent_accepts_are_group_committed_and_durable(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = _hold_first_commit(pipeline, monkeypatch, THREADS - 1)
+    envelopes = _docs(THREADS)
+    results = _accept_all(pipeline, envelopes)
+    assert all(isinstance(r, RawMessage) for r in results), results
+    # the first caller committed alone; the 15 that queued behind it, in one transaction
+    assert sizes == [THREADS - 1]
+    assert (pipeline._group.batches, pipeline._group.accepted) == (2, THREADS)
+    other = Store.for_data_dir(tmp_path / "data")
+    try:
+        for env, raw in zip(envelopes, results, strict=True):
+            assert isinstance(raw, RawMessage)
+            assert raw.id == env.id
+            assert other.get_raw(raw.id) == raw  # committed, seen by another connection
+            assert pipeline.archive.get(raw.sha256) == env.raw  # and its bytes archived
+    finally:
+        other.close()
+
+
+def test_many_threads_accepting_at_once_lose_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
+    envelopes = _docs(THREADS * 12, base=8000)
+    per_thread = [envelopes[t::THREADS] for t in range(THREADS)]
+    start = threading.Barrier(THREADS)
+
+    def run(mine: list[Envelope]) -> list[RawMessage]:
+        start.wait()
+        return [pipeline.accept(env) for env in mine]
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        returned = [r for f in [pool.submit(run, m) for m in per_thread] for r in f.result(timeout=120)]
+    assert sorted(r.id for r in returned) == sorted(e.id for e in envelopes)
+    assert pipeline._group.accepted == len(envelopes)
+    assert pipeline._group.batches <= len(envelopes)
+    other = Store.for_data_dir(tmp_path / "data")
+    try:
+        assert other.counts()["received"] == len(envelopes)
+        by_id = {e.id: e for e in envelopes}
+        for raw in returned:
+            assert other.get_raw(raw.id) == raw
+            assert pipeline.archive.get(raw.sha256) == by_id[raw.id].raw
+    finally:
+        other.close()
+    # and they are processed like any other accepted message
+    assert pipeline.drain("test") == len(envelopes)
+    assert pipeline.store.counts()["stored"] == len(envelopes)
+
+
+def test_database_failure_fails_every_caller_of_the_batch(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real failure halfway through the batch's INSERT: the rows before it were written
+    # in the transaction, and must not become visible.
+    with pipeline.store.write_engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER poison BEFORE INSERT ON raw_messages WHEN NEW.filename = 'poison.edi' "
+            "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
+    sizes = _hold_first_commit(pipeline, monkeypatch, THREADS - 1)
+    first, *envelopes = _docs(THREADS)
+    envelopes[THREADS // 2] = replace(envelopes[THREADS // 2], filename="poison.edi")
+    results = _accept_all(pipeline, envelopes, first=first)
+    assert sizes == [THREADS - 1]
+    accepted = [r for r in results if isinstance(r, RawMessage)]
+    failed = [r for r in results if not isinstance(r, RawMessage)]
+    # the lone first commit succeeded; every caller of the failed batch was told
+    # "not accepted, retry"
+    assert [r.id for r in accepted] == [first.id]
+    assert len(failed) == THREADS - 1
+    assert all(isinstance(exc, StoreUnavailable) for exc in failed), failed
+    assert all("disk on fire" in str(exc) for exc in failed)
+    assert len({id(exc) for exc in failed}) == len(failed)  # one exception per caller
+    other = Store.for_data_dir(tmp_path / "data")
+    try:
+        assert other.counts()["received"] == 1  # nothing of the failed batch is visible
+        assert other.get_raw(accepted[0].id) == accepted[0]
+    finally:
+        other.close()
+    # the group commit is not stuck: the next accepts go through
+    assert isinstance(pipeline.accept(_docs(1, base=9000)[0]), RawMessage)
+    assert all(isinstance(r, RawMessage) for r in _accept_all(pipeline, _docs(4, base=9100)))
+
+
+def test_archive_replaced_by_a_file_fails_every_concurrent_caller(tmp_path: Path, config_dir: Path) -> None:
+    config, _ = load_config(config_dir)
+    pipe = Pipeline.open(config, tmp_path / "data")
+    try:
+        shutil.rmtree(tmp_path / "data" / "archive", ignore_errors=True)
+        (tmp_path / "data" / "archive").write_text("in the way")
+        results = _accept_all(pipe, _docs(THREADS))
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert pipe.store.pending_count() == 0
+    finally:
+        pipe.close()
+
+
+def test_directory_sync_failure_fails_only_the_envelopes_in_it(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _hold_first_commit(pipeline, monkeypatch, THREADS - 1)
+    envelopes = _docs(THREADS)
+    shas = [hashlib.sha256(e.raw).hexdigest() for e in envelopes]
+    broken = pipeline.archive.path_for(shas[-1]).parent
+    real_sync = pipeline.archive.sync_dir
+
+    def sync_dir(directory: Path) -> None:
+        if directory == broken:
+            raise StoreUnavailable("cannot write to the archive: EIO")
+        real_sync(directory)
+
+    monkeypatch.setattr(pipeline.archive, "sync_dir", sync_dir)
+    results = _accept_all(pipeline, envelopes)
+    for sha, result in zip(shas, results, strict=True):
+        if pipeline.archive.path_for(sha).parent == broken:
+            assert isinstance(result, StoreUnavailable)
+        else:
+            assert isinstance(result, RawMessage), result
+    ok = [r for r in results if isinstance(r, RawMessage)]
+    assert 0 < len(ok) < THREADS
+    assert pipeline.store.counts()["received"] == len(ok)
+
+
+def test_envelope_id_clash_in_a_batch_fails_only_that_caller(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = pipeline.accept(Envelope(raw=b"first content", channel=Channel.FILE))
+    sizes = _hold_first_commit(pipeline, monkeypatch, 4)
+    envelopes = _docs(5)
+    envelopes[3] = replace(envelopes[3], id=taken.id)  # same id, other bytes
+    results = _accept_all(pipeline, envelopes)
+    assert sizes == [4]  # tried together, then each on its own
+    assert isinstance(results[3], ValueError)
+    assert all(isinstance(r, RawMessage) for i, r in enumerate(results) if i != 3)
+    assert pipeline.store.counts()["received"] == 5
+
+
+def test_lone_accept_commits_at_once_on_its_own(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Single-threaded accept is as before: archive put + add_raw, no batching, no wait."""
+    calls: list[str] = []
+    real = pipeline.store.add_raw
+
+    def add_raw(envelope: Envelope, sha256: str, **kw: Any) -> RawMessage:
+        calls.append(envelope.id)
+        return real(envelope, sha256, **kw)
+
+    def add_raws(*_a: object, **_k: object) -> list[RawMessage]:
+        raise AssertionError("a lone accept needs no batch")
+
+    monkeypatch.setattr(pipeline.store, "add_raw", add_raw)
+    monkeypatch.setattr(pipeline.store, "add_raws", add_raws)
+    envelopes = _docs(3)
+    raws = [pipeline.accept(env) for env in envelopes]
+    assert calls == [e.id for e in envelopes] == [r.id for r in raws]
+    assert (pipeline._group.batches, pipeline._group.accepted) == (3, 3)
+    assert pipeline._group._queue == []
+    assert not pipeline._group._busy
+
+
+@pytest.mark.postgres
+def test_group_commit_on_postgresql(tmp_path: Path, config_dir: Path, postgres_db_url: str) -> None:
+    toml = config_dir / "gateway.toml"
+    toml.write_text(toml.read_text().replace('url = ""', f'url = "{postgres_db_url}"'))
+    config, _ = load_config(config_dir)
+    pipe = Pipeline.open(config, tmp_path / "data")
+    try:
+        assert pipe.store.backend == "postgresql"
+        envelopes = _docs(THREADS * 4, base=9500)
+        results = _accept_all(pipe, envelopes)
+        assert all(isinstance(r, RawMessage) for r in results), results
+        other = Store(postgres_db_url)
+        try:
+            assert other.counts()["received"] == len(envelopes)
+            for env, raw in zip(envelopes, results, strict=True):
+                assert other.get_raw(env.id) == raw
+                assert pipe.archive.get(hashlib.sha256(env.raw).hexdigest()) == env.raw
+        finally:
+            other.close()
+    finally:
+        pipe.close()

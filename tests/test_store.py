@@ -747,6 +747,7 @@ def _unreachable_url(backend: str, tmp_path: Path) -> str:
     [
         pytest.param(lambda s: s.migrate(), id="migrate"),
         pytest.param(lambda s: s.add_raw(envelope(b"x"), sha(b"x")), id="add_raw"),
+        pytest.param(lambda s: s.add_raws([(envelope(b"x"), sha(b"x"))]), id="add_raws"),
         pytest.param(lambda s: s.claim("w"), id="claim"),
         pytest.param(lambda s: s.counts(), id="counts"),
         pytest.param(lambda s: s.try_lease("x", "y", 1), id="try_lease"),
@@ -841,6 +842,9 @@ def test_sqlite_synchronous_per_path(tmp_path: Path) -> None:
         assert level(lambda: store.claim_id(env2.id, "w")) == SYNC_NORMAL
         env4 = envelope(b"four")
         assert level(lambda: store.add_raw(env4, sha(b"four"))) == SYNC_FULL
+        assert level(lambda: store.claim_id(env4.id, "w")) == SYNC_NORMAL
+        many = [(envelope(b"five"), sha(b"five")), (envelope(b"six"), sha(b"six"))]
+        assert level(lambda: store.add_raws(many)) == SYNC_FULL  # the group commit: one commit, FULL
     finally:
         event.remove(store._engine, "commit", on_commit)
         store.close()
@@ -1123,6 +1127,63 @@ def test_first_raws_with_sha_for_a_batch(store: Store) -> None:
     excluded = store.first_raws_with_sha([sha(b"same"), sha(b"other")], exclude=[earliest, other])
     assert {k: v.id for k, v in excluded.items()} == {sha(b"same"): first}
     assert store.first_raws_with_sha([]) == {}
+
+
+def test_add_raws_commits_all_in_one_call_in_order(store: Store, other: Store) -> None:
+    envs = [envelope(f"doc {i}".encode(), filename=f"f{i}.edi", sender={"as2": f"p{i}"}) for i in range(5)]
+    raws = store.add_raws([(e, sha(e.raw)) for e in envs])
+    assert [r.id for r in raws] == [e.id for e in envs]
+    for env, raw in zip(envs, raws, strict=True):
+        assert raw.sha256 == sha(env.raw)
+        assert raw.state == RawState.RECEIVED
+        assert raw.filename == env.filename
+        assert dict(raw.sender) == dict(env.sender)
+        assert raw.attempts == 0
+        assert raw.claimed_by is None
+        # committed: another connection (process, node) sees each row as returned
+        assert other.get_raw(raw.id) == raw
+    assert store.add_raws([]) == []
+
+
+def test_add_raws_is_idempotent_like_add_raw(store: Store) -> None:
+    old = envelope(b"old")
+    first = store.add_raw(old, sha(b"old"))
+    new = envelope(b"new")
+    # a retry of an envelope on file, a new one, and the new one again in the same call
+    raws = store.add_raws([(old, sha(b"old")), (new, sha(b"new")), (new, sha(b"new"))])
+    assert raws[0] == first
+    assert raws[1].id == raws[2].id == new.id
+    assert raws[1].sha256 == raws[2].sha256 == sha(b"new")
+    assert store.get_raw(new.id) == raws[1]
+    assert store.counts()["received"] == 2
+
+
+def test_add_raws_with_other_content_adds_nothing(store: Store) -> None:
+    taken = envelope(b"abc")
+    store.add_raw(taken, sha(b"abc"))
+    fresh = envelope(b"fresh")
+    with pytest.raises(ValueError, match="other content"):
+        store.add_raws([(fresh, sha(b"fresh")), (taken, sha(b"xyz"))])
+    # all or nothing: the fresh envelope of the failed call is not in the inbox
+    assert store.get_raw(fresh.id) is None
+    assert store.counts()["received"] == 1
+
+
+def test_add_raws_born_claimed(store: Store) -> None:
+    envs = [envelope(b"out 1"), envelope(b"out 2")]
+    raws = store.add_raws([(e, sha(e.raw)) for e in envs], claimed_by="sender")
+    assert [(r.state, r.claimed_by, r.attempts) for r in raws] == [(RawState.PROCESSING, "sender", 1)] * 2
+    assert all(r.claimed_at is not None for r in raws)
+    assert store.claim("worker", limit=5) == []
+
+
+def test_add_raws_from_many_threads(store: Store, other: Store) -> None:
+    """Concurrent group commits (several pipelines, several nodes): each row once."""
+    batches = [[envelope(f"t{t} m{m}".encode()) for m in range(10)] for t in range(8)]
+    results = in_parallel([partial(store.add_raws, [(e, sha(e.raw)) for e in b]) for b in batches])
+    ids = [r.id for rs in results for r in rs]
+    assert ids == [e.id for b in batches for e in b]
+    assert other.counts()["received"] == 80
 
 
 def test_add_raw_born_claimed_is_never_claimed_by_a_worker(store: Store) -> None:

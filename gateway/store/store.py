@@ -246,6 +246,7 @@ class _Sql:
         p_now = bindparam("p_now", type_=raw.updated_at.type)
 
         self.add_raw = ins(_RAW).on_conflict_do_nothing(index_elements=["id"])
+        self.add_raws = ins(_RAW).on_conflict_do_nothing(index_elements=["id"]).returning(raw.id)
         self.get_raw = select(_RAW).where(raw.id == p_id)
         self.raw_exists = select(raw.id).where(raw.id == p_id)
 
@@ -519,46 +520,63 @@ class Store:
         inbox worker can take it: for messages the caller processes itself, such as
         documents we send (an outbound file must never be read as an inbound one).
         """
-        now = _now()
-        values: dict[str, Any] = {
-            "id": envelope.id,
-            "sha256": sha256,
-            "channel": str(envelope.channel),
-            "received_at": envelope.received_at,
-            "size": envelope.size,
-            "filename": envelope.filename,
-            "transport": dict(envelope.transport),
-            "sender": dict(envelope.sender),
-            "state": RawState.RECEIVED if claimed_by is None else RawState.PROCESSING,
-            "attempts": 0 if claimed_by is None else 1,
-            "claimed_by": claimed_by,
-            "claimed_at": None if claimed_by is None else now,
-            "updated_at": now,
-        }
+        values = _raw_values(envelope, sha256, claimed_by, _now())
         # The accept path: a durable transaction (synchronous=FULL on SQLite), since the
         # sender is acknowledged as soon as this returns.
         with self._conn("add_raw") as conn:
             if conn.execute(self._sql.add_raw, values).rowcount == 1:
-                return RawMessage(
-                    id=envelope.id,
-                    sha256=sha256,
-                    channel=values["channel"],
-                    received_at=envelope.received_at,
-                    size=envelope.size,
-                    filename=envelope.filename,
-                    transport=_frozen(values["transport"]),
-                    sender=_frozen(values["sender"]),
-                    state=values["state"],
-                    attempts=values["attempts"],
-                    duplicate_of=None,
-                    error=None,
-                    claimed_by=claimed_by,
-                    claimed_at=values["claimed_at"],
-                )
+                return _new_raw(values)
             existing = conn.execute(self._sql.get_raw, {"p_id": envelope.id}).one()
         if existing.sha256 != sha256:
             raise ValueError(f"raw message {envelope.id} already exists with other content")
         return _raw(existing)
+
+    def add_raws(
+        self, pairs: Iterable[tuple[Envelope, str]], *, claimed_by: str | None = None
+    ) -> list[RawMessage]:
+        """:meth:`add_raw` for several ``(envelope, sha256)`` pairs in ONE durable
+        transaction (one commit, one WAL fsync on SQLite): the group commit of
+        concurrent accepts. Results in the order of ``pairs``.
+
+        Same semantics per pair: an envelope id already on file (or earlier in
+        ``pairs``) with the same sha256 gives that row; with ``claimed_by`` every new
+        row is born claimed. All or nothing: a database failure raises
+        :class:`StoreUnavailable`, an id already on file with other content raises
+        ``ValueError``, and then none of the pairs was added.
+        """
+        now = _now()
+        rows = [_raw_values(envelope, sha256, claimed_by, now) for envelope, sha256 in pairs]
+        if not rows:
+            return []
+        out: list[RawMessage | None] = [None] * len(rows)
+        with self._conn("add_raws") as conn:
+            # INSERT .. ON CONFLICT DO NOTHING RETURNING id, as few multi-row
+            # statements (insertmanyvalues): the ids returned are the rows added now.
+            added = set(conn.execute(self._sql.add_raws, rows).scalars())
+            seen: set[str] = set()
+            others: list[int] = []
+            for i, values in enumerate(rows):
+                if values["id"] in added and values["id"] not in seen:
+                    out[i] = _new_raw(values)
+                    seen.add(values["id"])
+                else:
+                    others.append(i)
+            if others:
+                wanted = sorted({rows[i]["id"] for i in others})
+                existing: dict[str, Any] = {}
+                for at in range(0, len(wanted), _IN_CHUNK):
+                    chunk = wanted[at : at + _IN_CHUNK]
+                    for row in conn.execute(select(_RAW).where(_RAW.c.id.in_(chunk))):
+                        existing[row.id] = row
+                clash = sorted(
+                    {rows[i]["id"] for i in others if existing[rows[i]["id"]].sha256 != rows[i]["sha256"]}
+                )
+                if clash:
+                    # raised inside the transaction: rolled back, none of the pairs added
+                    raise ValueError(f"raw message(s) {', '.join(clash)} already exist with other content")
+                for i in others:
+                    out[i] = _raw(existing[rows[i]["id"]])
+        return [raw for raw in out if raw is not None]
 
     def claim(self, worker: str, limit: int = 1) -> list[RawMessage]:
         """Take up to ``limit`` received messages, oldest first, for ``worker``."""
@@ -1130,6 +1148,45 @@ class _OutcomeWrites:
         ):
             if params:
                 conn.execute(stmt, params)
+
+
+def _raw_values(envelope: Envelope, sha256: str, claimed_by: str | None, now: datetime) -> dict[str, Any]:
+    """The raw_messages row of a newly received ``envelope`` (add_raw, add_raws)."""
+    return {
+        "id": envelope.id,
+        "sha256": sha256,
+        "channel": str(envelope.channel),
+        "received_at": envelope.received_at,
+        "size": envelope.size,
+        "filename": envelope.filename,
+        "transport": dict(envelope.transport),
+        "sender": dict(envelope.sender),
+        "state": RawState.RECEIVED if claimed_by is None else RawState.PROCESSING,
+        "attempts": 0 if claimed_by is None else 1,
+        "claimed_by": claimed_by,
+        "claimed_at": None if claimed_by is None else now,
+        "updated_at": now,
+    }
+
+
+def _new_raw(values: Mapping[str, Any]) -> RawMessage:
+    """The RawMessage of a row just inserted with ``values`` (see :func:`_raw_values`)."""
+    return RawMessage(
+        id=values["id"],
+        sha256=values["sha256"],
+        channel=values["channel"],
+        received_at=values["received_at"],
+        size=values["size"],
+        filename=values["filename"],
+        transport=_frozen(values["transport"]),
+        sender=_frozen(values["sender"]),
+        state=values["state"],
+        attempts=values["attempts"],
+        duplicate_of=None,
+        error=None,
+        claimed_by=values["claimed_by"],
+        claimed_at=values["claimed_at"],
+    )
 
 
 def _raw(row: Any) -> RawMessage:
