@@ -1,0 +1,1 @@
+"""SFTP client side: pinned host keys and connections to partners' servers."""
