@@ -59,9 +59,16 @@ Factory = Callable[[Config, RunOptions], Adapter | None]
 
 
 def _builtin() -> dict[str, Factory]:
-    from adapters import as2, filedrop, imap, smtp
+    from adapters import as2, filedrop, imap, sftp_poll, sftp_server, smtp
 
-    return {"filedrop": filedrop.factory, "as2": as2.factory, "smtp": smtp.factory, "imap": imap.factory}
+    return {
+        "filedrop": filedrop.factory,
+        "as2": as2.factory,
+        "smtp": smtp.factory,
+        "imap": imap.factory,
+        "sftp-poll": sftp_poll.factory,
+        "sftp": sftp_server.factory,
+    }
 
 
 def factories() -> dict[str, Factory]:

@@ -565,6 +565,126 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _parse_sftp_url(text: str) -> tuple[str, str, int, str]:
+    """``sftp://USER@HOST:PORT/PATH`` as (user, host, port, folder)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme != "sftp" or not parts.hostname or not parts.username:
+        raise UsageError(f"{text!r}: write sftp://USER@HOST:PORT/PATH")
+    try:
+        port = parts.port or 22
+    except ValueError as exc:
+        raise UsageError(f"{text!r}: {exc}") from None
+    path = unquote(parts.path) or "/"
+    if path.startswith("/~/"):
+        path = path[3:] or "."  # relative to the login directory
+    elif path == "/~":
+        path = "."
+    return unquote(parts.username), parts.hostname, port, path
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from adapters.sftp_poll import DropPoller, RemoteFile
+    from gateway.config import SftpConnection, SftpDrop, check_host_key
+    from gateway.store import RawMessage
+
+    user, host, port, folder = _parse_sftp_url(args.url)
+    reason = check_host_key(args.host_key)
+    if reason is not None:
+        raise UsageError(f"--host-key: {reason}")
+    identity = Path(args.identity)
+    if not identity.is_file():
+        raise UsageError(f"--identity {args.identity}: no such file")
+    after = args.after
+    if after != "delete" and not (after.startswith("move:") and after[5:].strip()):
+        raise UsageError(f'--after {after!r}: use "delete" or "move:DIR"')
+    drop = SftpDrop(
+        partner="",
+        name="fetch",
+        connection=SftpConnection(
+            host=host,
+            user=user,
+            port=port,
+            host_key=" ".join(args.host_key.split()[:2]),
+            key=identity.resolve(),
+        ),
+        folder=folder,
+        patterns=tuple(args.pattern or ["*"]),
+        after=after,
+        settle=args.settle,
+    )
+    pipeline = _open_pipeline(args)
+    done: list[tuple[RawMessage, RemoteFile]] = []
+    try:
+        poller = DropPoller(
+            drop,
+            pipeline.store,
+            data_dir=_data_dir(args),
+            max_bytes=pipeline.config.settings.limits.max_message_bytes,
+            holder=f"fetch-{os.getpid()}",
+            record_status=False,
+        )
+        poller.on_done = lambda raw, remote: done.append((raw, remote))
+        result = poller.poll(pipeline.accept, force=True)
+        if result.error is not None:
+            raise UsageError(f"fetch {user}@{host}:{port}{folder}: {result.error}")
+        rejected = result.refused
+        for raw, remote in done:
+            claimed = pipeline.store.claim_id(raw.id, "fetch")
+            if claimed is None:
+                if not args.json:
+                    print(f"{remote.name}: already processed (raw message {raw.id})")
+                continue
+            rejected += _report(pipeline.process(claimed), Path(remote.path), args.json)
+        if not args.json:
+            print(
+                f"fetched {result.taken} file(s), {result.recognised} already in the inbox, "
+                f"{result.refused} refused, {result.waiting} not complete yet",
+                file=sys.stderr,
+            )
+        return EXIT_REJECTED if rejected else EXIT_OK
+    finally:
+        pipeline.close()
+
+
+def cmd_drops(args: argparse.Namespace) -> int:
+    from adapters.sftp_poll import configured_drops, load_status
+
+    config = _load(args)
+    store = _store(config, args)
+    try:
+        for drop in configured_drops(config):
+            st = load_status(store, drop)
+            c = drop.connection
+            if args.json:
+                _emit(
+                    {
+                        "drop": drop.key,
+                        "partner": drop.partner,
+                        "name": drop.name,
+                        "host": c.host,
+                        "port": c.port,
+                        "user": c.user,
+                        "folder": drop.folder,
+                        "schedule": f"cron {drop.cron}" if drop.cron else f"every {drop.interval:g}s",
+                        **{k: v for k, v in st.to_json().items() if k != "drop"},
+                    }
+                )
+                continue
+            when = f"{st.last_run:%Y-%m-%d %H:%M:%S}" if st.last_run else "never"
+            line = (
+                f"{drop.key:<24} {c.user}@{c.host}:{c.port}:{drop.folder}  last run {when}  "
+                f"taken={st.taken} recognised={st.recognised} refused={st.refused}"
+            )
+            if st.last_error:
+                line += f"  last error: {st.last_error} (failures={st.failures})"
+            print(line)
+        return EXIT_OK
+    finally:
+        store.close()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from adapters import Adapter, RunOptions, factories
     from gateway.pipeline import Pipeline
@@ -617,9 +737,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             adapter.start(pipeline.accept)
             started.append(adapter)
             print(f"started {name}: {adapter.describe()}", flush=True)
-        for channel in ("sftp",):
-            if not getattr(args, f"no_{channel}"):
-                print(f"{channel}: no listener in this version yet (see the issue tracker)", flush=True)
         workers = [
             threading.Thread(target=pipeline.run_worker, args=(stop, f"worker-{i}"), daemon=True)
             for i in range(config.settings.processing.workers)
@@ -704,6 +821,24 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--limit", type=int, metavar="N", help="with --status: at most N, newest first")
     send.add_argument("--json", action="store_true")
     send.set_defaults(func=cmd_send)
+
+    fetch = sub.add_parser("fetch", help="pick up the files of a partner's SFTP folder once")
+    fetch.add_argument("url", metavar="sftp://USER@HOST:PORT/PATH")
+    fetch.add_argument("--identity", required=True, metavar="KEYFILE", help="our SSH private key")
+    fetch.add_argument(
+        "--host-key", required=True, metavar='"TYPE BASE64"', help="the server's host key (ssh-keyscan)"
+    )
+    fetch.add_argument("--pattern", action="append", metavar="GLOB", help="file name pattern (repeatable)")
+    fetch.add_argument("--after", default="delete", metavar="delete|move:DIR")
+    fetch.add_argument(
+        "--settle", type=float, default=2.0, metavar="SECONDS", help="size and mtime unchanged this long"
+    )
+    fetch.add_argument("--json", action="store_true")
+    fetch.set_defaults(func=cmd_fetch)
+
+    drops = sub.add_parser("drops", help="the configured SFTP drops: last run, last error, counts")
+    drops.add_argument("--json", action="store_true")
+    drops.set_defaults(func=cmd_drops)
 
     mapping = sub.add_parser("mapping", help="check and try mapping files")
     msub = mapping.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -243,6 +243,118 @@ class ImapSettings:
     mailboxes: tuple[ImapMailbox, ...] = ()
 
 
+# --- SFTP polling and delivery (partner profiles: [[sftp.drop]], [sftp.deliver]) -----------
+
+_SFTP_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_SFTP_CONNECTION_KEYS = {"host", "port", "user", "key", "key_password", "password", "host_key", "timeout"}
+_SFTP_DROP_KEYS = _SFTP_CONNECTION_KEYS | {
+    "name",
+    "enabled",
+    "folder",
+    "patterns",
+    "interval",
+    "cron",
+    "after",
+    "settle",
+    "marker",
+    "backoff_max",
+}
+_SFTP_DELIVER_KEYS = _SFTP_CONNECTION_KEYS | {"folder", "retry_max_seconds", "give_up_after"}
+
+
+@dataclass(frozen=True)
+class SftpConnection:
+    """How we log in to a partner's SSH server: address, user, credentials, pinned key."""
+
+    host: str
+    user: str
+    #: the server's host key, "TYPE BASE64" (as in known_hosts, without the host name)
+    host_key: str
+    port: int = 22
+    #: a private key file (OpenSSH or PEM), or a secret reference holding the key text
+    key: Path | SecretRef | None = None
+    key_password: SecretRef | None = None
+    password: SecretRef | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class SftpDrop:
+    """One remote folder we poll (``[[sftp.drop]]`` in a partner profile)."""
+
+    partner: str
+    name: str
+    connection: SftpConnection
+    folder: str = "."
+    patterns: tuple[str, ...] = ("*",)
+    interval: float = 60.0
+    cron: str | None = None
+    #: "delete", or "move:DIR" (a remote folder, created when missing)
+    after: str = "delete"
+    #: a file is complete when its size and mtime did not change for this many seconds
+    settle: float = 10.0
+    #: or, when set, when a marker file NAME+marker (e.g. ".ok") exists beside it
+    marker: str | None = None
+    backoff_max: float = 3600.0
+    enabled: bool = True
+
+    @property
+    def key(self) -> str:
+        """``partner:name``: the drop in leases, audit events and ``gateway drops``."""
+        return f"{self.partner}:{self.name}" if self.partner else self.name
+
+    @property
+    def move_to(self) -> str | None:
+        return self.after[5:] if self.after.startswith("move:") else None
+
+
+@dataclass(frozen=True)
+class SftpDeliver:
+    """Where documents for a partner are uploaded (``[sftp.deliver]`` in its profile)."""
+
+    partner: str
+    connection: SftpConnection
+    folder: str = "."
+    #: failed uploads are retried with back-off doubling from 60 s up to this
+    retry_max_seconds: float = 3600.0
+    #: and given up after this many seconds (then failed, kept for an administrator)
+    give_up_after: float = 86400.0
+
+
+# --- the embedded SFTP server (hosting a drop: [sftp] in gateway.toml, [[sftp.users]] in profiles)
+
+_SFTP_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SFTP_USER_KEYS = {"name", "keys", "authorized_keys"}
+
+
+@dataclass(frozen=True)
+class SftpServerSettings:
+    """Our SFTP server (``[sftp]`` in gateway.toml); ``host_key`` is absolute once loaded."""
+
+    #: our SSH host key (OpenSSH private key file); without one the server is not started
+    host_key: Path | None = None
+    #: the partners' folders (``ROOT/USER``); relative: to the data directory
+    root: Path = Path("sftp")
+    #: connections served at once; more are closed at once
+    max_sessions: int = 10
+    #: seconds between retries of files left in a folder because the store failed
+    retry_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class SftpUser:
+    """A login on our SFTP server (``[[sftp.users]]`` in a partner profile)."""
+
+    name: str
+    #: public keys that may log in, "TYPE BASE64" (comments dropped)
+    keys: tuple[str, ...]
+
+    @property
+    def identity(self) -> str:
+        """The partner's ``sftp`` identity that files uploaded by this user carry."""
+        return f"server:{self.name}"
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """Everything in ``gateway.toml``, checked."""
@@ -261,6 +373,7 @@ class GatewaySettings:
     as2_settings: As2Settings = field(default_factory=As2Settings)
     imap: ImapSettings = field(default_factory=ImapSettings)
     smtp_settings: SmtpSettings = field(default_factory=SmtpSettings)
+    sftp_server: SftpServerSettings = field(default_factory=SftpServerSettings)
     #: ``[fax] default_country``: national fax numbers are read in this country (E.164)
     fax_default_country: str = "US"
 
@@ -278,6 +391,12 @@ class PartnerProfile:
     as2: PartnerAs2 | None = None
     #: typed ``[email]`` table; None when the profile has none
     email: PartnerEmail | None = None
+    #: ``[[sftp.drop]]`` tables: remote folders polled for this partner's files
+    sftp_drops: tuple[SftpDrop, ...] = ()
+    #: ``[sftp.deliver]``: the partner's inbox folder for what we send it
+    sftp_deliver: SftpDeliver | None = None
+    #: ``[[sftp.users]]``: logins on our SFTP server (hosting a drop) for this partner
+    sftp_users: tuple[SftpUser, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -397,7 +516,7 @@ _CHANNEL_KEYS: dict[str, set[str]] = {
         "check_dns",
         "require_starttls",
     },
-    "sftp": {"host_key", "root"},
+    "sftp": {"host_key", "root", "max_sessions", "retry_interval"},
 }
 
 
@@ -506,6 +625,7 @@ def _load_settings(directory: Path, problems: list[Problem]) -> GatewaySettings:
         as2_settings=_as2_settings(r, r.table(data, "as2")),
         imap=_imap_settings(r, data),
         smtp_settings=_smtp_settings(r, r.table(data, "smtp")),
+        sftp_server=_sftp_server_settings(r, r.table(data, "sftp")),
         fax_default_country=_fax_default_country(r, data),
     )
 
@@ -568,6 +688,16 @@ def _load_partner(path: Path, problems: list[Problem]) -> PartnerProfile | None:
     extra = {k: v for k, v in data.items() if k not in {"id", "name", "active", "identities"}}
     as2 = _partner_as2(r, r.table(data, "as2")) if "as2" in data else None
     email = _partner_email(r, r.table(data, "email"), pairs) if "email" in data else None
+    drops, deliver = _partner_sftp(r, r.table(data, "sftp"), partner_id) if "sftp" in data else ((), None)
+    for drop in drops:
+        # a file from a drop is the partner's: the drop's name is an sftp identity of it
+        if ("sftp", drop.name) not in pairs:
+            pairs.append(("sftp", drop.name))
+    sftp_users = _partner_sftp_users(r, r.table(data, "sftp")) if "sftp" in data else ()
+    for user in sftp_users:
+        # a file uploaded by this user to our server is the partner's: "server:USER"
+        if ("sftp", user.identity) not in pairs:
+            pairs.append(("sftp", user.identity))
     return PartnerProfile(
         id=partner_id,
         name=r.get(data, "name", str, partner_id, ""),
@@ -577,6 +707,9 @@ def _load_partner(path: Path, problems: list[Problem]) -> PartnerProfile | None:
         extra=extra,
         as2=as2,
         email=email,
+        sftp_drops=drops,
+        sftp_deliver=deliver,
+        sftp_users=sftp_users,
     )
 
 
@@ -1061,6 +1194,286 @@ def _imap_mailbox(r: _Reader, table: Mapping[str, Any]) -> ImapMailbox | None:
         backoff_max=r.positive(table, "backoff_max", float, 3600.0, prefix),
         enabled=r.get(table, "enabled", bool, True, prefix),
     )
+
+
+# --- SFTP polling and delivery ---------------------------------------------------------
+
+
+def check_host_key(text: str) -> str | None:
+    """Why ``text`` is not a pinned host key "TYPE BASE64", or None when it is one."""
+    import base64
+    import binascii
+
+    parts = text.split()
+    if len(parts) < 2:
+        return 'write the server\'s key as "TYPE BASE64", e.g. "ssh-ed25519 AAAAC3Nz..." (ssh-keyscan)'
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        return "the key is not base64"
+    if len(blob) < 4 or blob[4 : 4 + int.from_bytes(blob[:4], "big")] != parts[0].encode():
+        return f"the key data is not a {parts[0]} key"
+    return None
+
+
+def _sftp_connection(r: _Reader, table: Mapping[str, Any], prefix: str, what: str) -> SftpConnection | None:
+    ok = True
+    host = r.get(table, "host", str, "", prefix).strip()
+    user = r.get(table, "user", str, "", prefix)
+    for setting, value in (("host", host), ("user", user)):
+        if not value.strip():
+            r.problem(prefix + setting, f"{what} needs a {setting}")
+            ok = False
+    port = r.get(table, "port", int, 22, prefix)
+    if not 1 <= port <= 65535:
+        r.problem(prefix + "port", f"{port} is not a TCP port")
+        ok = False
+    host_key = r.get(table, "host_key", str, "", prefix).strip()
+    if not host_key:
+        r.problem(
+            prefix + "host_key",
+            f'{what} needs the server\'s host key, host_key = "TYPE BASE64" (ssh-keyscan -p PORT HOST); '
+            "there is no accepting an unknown key",
+        )
+        ok = False
+    else:
+        reason = check_host_key(host_key)
+        if reason is not None:
+            r.problem(prefix + "host_key", reason)
+            ok = False
+        host_key = " ".join(host_key.split()[:2])
+    key: Path | SecretRef | None = None
+    key_text = r.get(table, "key", str, "", prefix)
+    if key_text.startswith(("env:", "file:")):
+        key = r.secret(table, "key", prefix)
+    elif key_text:
+        path = Path(key_text)
+        path = path if path.is_absolute() else (r.path.parent / path).resolve()
+        key = path
+        if not path.is_file():
+            r.problem(prefix + "key", f"{path} does not exist")
+            ok = False
+    password = r.secret(table, "password", prefix)
+    if key is None and password is None:
+        r.problem(prefix + "key", f'{what} needs key = "PATH" (or "env:NAME") or password = "env:NAME"')
+        ok = False
+    if not ok:
+        return None
+    return SftpConnection(
+        host=host,
+        user=user,
+        host_key=host_key,
+        port=port,
+        key=key,
+        key_password=r.secret(table, "key_password", prefix),
+        password=password,
+        timeout=r.positive(table, "timeout", float, 30.0, prefix),
+    )
+
+
+def _partner_sftp(
+    r: _Reader, table: Mapping[str, Any], partner_id: str
+) -> tuple[tuple[SftpDrop, ...], SftpDeliver | None]:
+    entries = table.get("drop", [])
+    if isinstance(entries, dict):
+        entries = [entries]
+    drops: list[SftpDrop] = []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        r.problem("sftp.drop", "write each drop as a [[sftp.drop]] table")
+        entries = []
+    names: set[str] = set()
+    for entry in entries:
+        drop = _sftp_drop(r, entry, partner_id)
+        if drop is None:
+            continue
+        if drop.name in names:
+            r.problem("sftp.drop.name", f"{drop.name!r} names two drops")
+            continue
+        names.add(drop.name)
+        drops.append(drop)
+    deliver = None
+    if "deliver" in table:
+        prefix = "sftp.deliver."
+        dtable = r.table(table, "deliver")
+        r.unknown(dtable, _SFTP_DELIVER_KEYS, prefix)
+        conn = _sftp_connection(r, dtable, prefix, "[sftp.deliver]")
+        if conn is not None:
+            deliver = SftpDeliver(
+                partner=partner_id,
+                connection=conn,
+                folder=r.get(dtable, "folder", str, ".", prefix) or ".",
+                retry_max_seconds=r.positive(dtable, "retry_max_seconds", float, 3600.0, prefix),
+                give_up_after=r.positive(dtable, "give_up_after", float, 86400.0, prefix),
+            )
+    return tuple(drops), deliver
+
+
+def _sftp_drop(r: _Reader, table: Mapping[str, Any], partner_id: str) -> SftpDrop | None:
+    prefix = "sftp.drop."
+    r.unknown(table, _SFTP_DROP_KEYS, prefix)
+    name = r.get(table, "name", str, "", prefix)
+    ok = True
+    if not _SFTP_NAME.match(name):
+        r.problem(prefix + "name", f"{name!r}: use lower-case letters, digits, '.', '_' or '-' (at most 64)")
+        ok = False
+    conn = _sftp_connection(r, table, prefix, f"drop {name!r}")
+    patterns = table.get("patterns", ["*"])
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+        r.problem(prefix + "patterns", 'must be a non-empty list of file name patterns, e.g. ["*.edi"]')
+        patterns = ["*"]
+    folder = r.get(table, "folder", str, ".", prefix) or "."
+    after = r.get(table, "after", str, "delete", prefix)
+    if after != "delete" and not (after.startswith("move:") and after[5:].strip()):
+        r.problem(prefix + "after", f'{after!r}: use "delete" or "move:DIR"')
+        after = "delete"
+    elif after.startswith("move:") and after[5:].strip("/") in {folder.strip("/"), "", "."}:
+        r.problem(prefix + "after", f"{after!r}: the archive folder cannot be the polled folder")
+    settle = r.get(table, "settle", float, 10.0, prefix)
+    if settle < 0:
+        r.problem(prefix + "settle", f"must be 0 or more seconds, got {settle}")
+        settle = 10.0
+    marker = r.get(table, "marker", str, "", prefix) or None
+    if marker is not None and not marker.startswith("."):
+        r.problem(prefix + "marker", f'{marker!r}: a suffix such as ".ok" or ".done"')
+        marker = None
+    cron = r.get(table, "cron", str, "", prefix) or None
+    if cron is not None:
+        if "interval" in table:
+            r.problem(prefix + "cron", "set interval or cron, not both")
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(cron)
+        except ValueError as exc:
+            r.problem(
+                prefix + "cron", f"{cron!r} is not a crontab line (minute hour day month weekday): {exc}"
+            )
+            cron = None
+    if not ok or conn is None:
+        return None
+    return SftpDrop(
+        partner=partner_id,
+        name=name,
+        connection=conn,
+        folder=folder,
+        patterns=tuple(dict.fromkeys(patterns)),
+        interval=r.positive(table, "interval", float, 60.0, prefix),
+        cron=cron,
+        after=after,
+        settle=settle,
+        marker=marker,
+        backoff_max=r.positive(table, "backoff_max", float, 3600.0, prefix),
+        enabled=r.get(table, "enabled", bool, True, prefix),
+    )
+
+
+# --- the embedded SFTP server ----------------------------------------------------------
+
+
+def _sftp_server_settings(r: _Reader, table: Mapping[str, Any]) -> SftpServerSettings:
+    prefix = "sftp."
+    d = SftpServerSettings()
+    host_key = _file_setting(r, table, "host_key", prefix)
+    if host_key is not None:
+        reason = ssh_private_key_problem(host_key)
+        if reason is not None:
+            r.problem(prefix + "host_key", reason)
+            host_key = None
+    root = Path(r.get(table, "root", str, str(d.root), prefix) or str(d.root))
+    return SftpServerSettings(
+        host_key=host_key,
+        root=root,
+        max_sessions=r.positive(table, "max_sessions", int, d.max_sessions, prefix),
+        retry_interval=r.positive(table, "retry_interval", float, d.retry_interval, prefix),
+    )
+
+
+def ssh_private_key_problem(path: Path) -> str | None:
+    """Why ``path`` is not an unencrypted SSH private key paramiko can serve with, or None."""
+    import paramiko
+
+    try:
+        paramiko.PKey.from_path(path)
+    except (OSError, ValueError, paramiko.SSHException) as exc:
+        return f"{path} is not an unencrypted SSH private key (ssh-keygen -t ed25519 -N ''): {exc}"
+    return None
+
+
+def ssh_public_key_problem(line: str) -> str | None:
+    """Why ``line`` is not an OpenSSH public key "TYPE BASE64 [comment]", or None."""
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    parts = line.split()
+    if len(parts) < 2:
+        return 'write a public key as "TYPE BASE64 [comment]", e.g. the line of an id_ed25519.pub file'
+    try:
+        load_ssh_public_key(f"{parts[0]} {parts[1]}".encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        return f"not an OpenSSH public key ({parts[0]}): {exc}"
+    except Exception as exc:  # noqa: BLE001 - cryptography raises UnsupportedAlgorithm for odd types
+        return f"unsupported key type {parts[0]!r}: {exc}"
+    return None
+
+
+def _partner_sftp_users(r: _Reader, table: Mapping[str, Any]) -> tuple[SftpUser, ...]:
+    """``[[sftp.users]]`` of a partner profile: ``name`` and its public keys, inline
+    (``keys = ["ssh-ed25519 AAAA... comment"]``) and/or in an OpenSSH authorized_keys
+    file (``authorized_keys = "PATH"``, relative to the profile; no key options)."""
+    prefix = "sftp.users."
+    entries = table.get("users", [])
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        r.problem("sftp.users", 'write each user as a [[sftp.users]] table (name = "...", keys = [...])')
+        return ()
+    users: list[SftpUser] = []
+    for entry in entries:
+        r.unknown(entry, _SFTP_USER_KEYS, prefix)
+        name = r.get(entry, "name", str, "", prefix)
+        if not _SFTP_USER.match(name):
+            r.problem(prefix + "name", f"{name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+            continue
+        if any(u.name == name for u in users):
+            r.problem(prefix + "name", f"{name!r} names two users")
+            continue
+        lines: list[str] = []
+        inline = entry.get("keys", [])
+        if isinstance(inline, str):
+            inline = [inline]
+        if not isinstance(inline, list) or not all(isinstance(k, str) for k in inline):
+            r.problem(prefix + "keys", 'must be a list of public keys, e.g. ["ssh-ed25519 AAAA... comment"]')
+            inline = []
+        lines.extend(inline)
+        keyfile = _file_setting(r, entry, "authorized_keys", prefix)
+        if keyfile is not None:
+            try:
+                text = keyfile.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                r.problem(prefix + "authorized_keys", f"cannot read {keyfile}: {exc}")
+                text = ""
+            lines.extend(
+                ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+            )
+        keys: list[str] = []
+        for line in lines:
+            reason = ssh_public_key_problem(line)
+            if reason is not None:
+                r.problem(
+                    prefix + ("authorized_keys" if keyfile is not None and line not in inline else "keys"),
+                    f"user {name!r}: {reason}",
+                )
+                continue
+            keys.append(" ".join(line.split()[:2]))
+        if not keys:
+            r.problem(
+                prefix + "keys",
+                f"user {name!r} has no public key: it could never log in (keys or authorized_keys)",
+            )
+            continue
+        users.append(SftpUser(name=name, keys=tuple(dict.fromkeys(keys))))
+    return tuple(users)
 
 
 # --- fax -----------------------------------------------------------------------------

@@ -10,7 +10,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("GATEWAY_CORPUS", REPO.parent / "shared" / "corpus"))
 
-pytest_plugins = ["tests.fixtures_postgres", "tests.fixtures_dovecot", "tests.fixtures_smtp"]
+pytest_plugins = [
+    "tests.fixtures_postgres",
+    "tests.fixtures_dovecot",
+    "tests.fixtures_smtp",
+    "tests.fixtures_sshd",
+]
 
 
 def in_ci() -> bool:
