@@ -349,6 +349,16 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise UsageError("give at least one FILE to send")
     paths = list(_iter_paths(args.paths))
     pipeline = _open_pipeline(args)
+    profile = pipeline.config.partner(args.partner)
+    via = args.via
+    if via is None and profile is not None:
+        has_as2_url = bool(getattr(getattr(profile, "as2", None), "url", None))
+        via = "sftp" if profile.sftp_deliver is not None and not has_as2_url else "as2"
+    if via == "sftp":
+        try:
+            return _send_sftp(args, pipeline, paths)
+        finally:
+            pipeline.close()
     outbound = OutboundSender(
         pipeline.config,
         load_profiles(pipeline.config),
@@ -400,6 +410,84 @@ def cmd_send(args: argparse.Namespace) -> int:
         progress.close()
         outbound.close()
         pipeline.close()
+    return EXIT_REJECTED if failed else EXIT_OK
+
+
+def _send_sftp(args: argparse.Namespace, pipeline: Any, paths: list[Path]) -> int:
+    """Upload each file to the partner's SFTP inbox and record it as an outbound interaction."""
+    from adapters.sftp_poll import DeliveryError, SftpDeliverer
+    from gateway.outbound import outbound_records
+    from gateway.record import PartnerRef
+
+    deliverer = SftpDeliverer(pipeline.config, pipeline.store, _data_dir(args))
+    try:
+        deliverer.target(args.partner)
+    except DeliveryError as exc:
+        raise UsageError(str(exc)) from None
+    profile = pipeline.config.partner(args.partner)
+    partner = PartnerRef(profile.id, profile.name)
+    limit = pipeline.config.settings.limits.max_message_bytes
+    failed = 0
+    for path in paths:
+        size = path.stat().st_size
+        if size > limit:
+            reason = f"{size} bytes exceeds limits.max_message_bytes ({limit})"
+            if args.json:
+                _emit({"refused": {"reason": reason}, "file": str(path)})
+            else:
+                print(f"{path}: refused: {reason}")
+            failed += 1
+            continue
+        data = path.read_bytes()
+        envelope = Envelope(
+            raw=data,
+            channel=Channel.SFTP,
+            filename=path.name,
+            transport={"direction": "outbound", "sftp_deliver": args.partner},
+        )
+        sha = pipeline.archive.put(data)
+        # born claimed: an inbox worker must never read our own outbound file as inbound
+        raw = pipeline.store.add_raw(envelope, sha, claimed_by="send")
+        delivery = deliverer.deliver(args.partner, path.name, data)
+        refs = {"sftp_delivery": delivery.id, "sftp_state": delivery.state}
+        if delivery.path:
+            refs["sftp_path"] = delivery.path
+        records = outbound_records(
+            raw,
+            data,
+            channel=Channel.SFTP.value,
+            partner=partner,
+            our_ids={"sftp": "gateway"},
+            references=refs,
+            registry=pipeline.registry,
+        )
+        pipeline.store.store_interactions(
+            raw.id, [(rec, f"OUT|sftp|{args.partner}|{delivery.id}|{i}") for i, rec in enumerate(records)]
+        )
+        if delivery.state != "delivered":
+            failed += 1
+        if args.json:
+            _emit(
+                {
+                    "file": str(path),
+                    "sftp": {
+                        "id": delivery.id,
+                        "state": delivery.state,
+                        "path": delivery.path,
+                        "error": delivery.error,
+                        "next_at": delivery.next_at.isoformat() if delivery.next_at else None,
+                    },
+                    "interactions": [rec.to_json() for rec in records],
+                }
+            )
+        else:
+            line = f"{path}: {delivery.state} over SFTP"
+            line += (
+                f" to {delivery.path}" if delivery.path else f": {delivery.error}; retried by `gateway run`"
+            )
+            print(line)
+            for rec in records:
+                print("  " + _summary(rec))
     return EXIT_REJECTED if failed else EXIT_OK
 
 
@@ -808,7 +896,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true")
     replay.set_defaults(func=cmd_replay)
 
-    send = sub.add_parser("send", help="send files to a partner over AS2")
+    send = sub.add_parser("send", help="send files to a partner over AS2 or SFTP")
+    send.add_argument(
+        "--via",
+        choices=["as2", "sftp"],
+        help="the channel (default: AS2 when the profile has as2.url, else its [sftp.deliver])",
+    )
     send.add_argument("paths", nargs="*", metavar="FILE")
     send.add_argument("--partner", metavar="ID", help="the partner profile id")
     send.add_argument(

@@ -483,3 +483,41 @@ def test_a_drop_without_a_pinned_host_key_is_a_configuration_problem(tmp_path: P
     assert "there is no accepting an unknown key" in text
     assert "not a ssh-ed25519 key" in text
     assert "sftp.drop.after" in text
+
+
+def test_gateway_send_to_an_sftp_partner_uploads_and_records_outbound(tmp_path: Path, sshd: Sshd) -> None:
+    inbox = sshd.folder()
+    conf = copy_config(tmp_path / "config")
+    profile = conf / "partners" / "demo.toml"
+    profile.write_text(
+        profile.read_text()
+        + textwrap.dedent(
+            f"""
+            [sftp.deliver]
+            host = "{sshd.host}"
+            port = {sshd.port}
+            user = "{sshd.user}"
+            key = "{sshd.client_key}"
+            host_key = "{sshd.host_key}"
+            folder = "{inbox}"
+            """
+        )
+    )
+    doc = tmp_path / "po-out.edi"
+    doc.write_bytes(order(901))
+    proc = _gateway_cli(conf, tmp_path / "data", "send", "--partner", "demo", str(doc), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[0])
+    assert out["sftp"]["state"] == "delivered"
+    assert (inbox / "po-out.edi").read_bytes() == order(901)
+    (rec,) = out["interactions"]
+    assert rec["direction"] == "outbound"
+    assert rec["channel"] == "sftp"
+    assert rec["kind"] == "order"
+    assert rec["partner"]["id"] == "demo"
+    assert rec["references"]["sftp_delivery"] == out["sftp"]["id"]
+    listed = _gateway_cli(conf, tmp_path / "data", "interactions", "--json")
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [rec["id"]]
+    # the outbound file was never taken as an inbound message
+    drained = _gateway_cli(conf, tmp_path / "data", "run", "--once", "--no-as2", "--no-smtp", "--no-sftp")
+    assert "processed 0 message(s)" in drained.stdout, drained.stdout

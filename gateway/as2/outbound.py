@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,10 +43,9 @@ from gateway.config import Config
 from gateway.envelope import Channel, Envelope
 from gateway.errors import GatewayError, InputError, StoreUnavailable, TooLarge
 from gateway.mapping import MappingRegistry
+from gateway.outbound import outbound_records
 from gateway.parsers.base import DocumentUnit
-from gateway.parsers.detect import parse_document
-from gateway.record import Direction, DocumentInfo, InteractionRecord, Kind, PartnerRef, Status
-from gateway.record_xml import validate_record
+from gateway.record import Direction, InteractionRecord, PartnerRef
 from gateway.store import RawMessage, Store
 
 log = logging.getLogger(__name__)
@@ -248,91 +246,15 @@ class OutboundSender:
     ) -> list[InteractionRecord]:
         """The outbound interaction(s): parsed and mapped like the pipeline does; a
         document no mapping takes (or that does not parse) becomes kind ``other``."""
-        ref = PartnerRef(partner.id, partner.name)
-        base: dict[str, Any] = {
-            "channel": Channel.AS2.value,
-            "direction": Direction.OUTBOUND,
-            "received_at": raw.received_at,
-            "raw_sha256": raw.sha256,
-            "status": Status.RECEIVED,
-            "partner": ref,
-        }
-        records: list[InteractionRecord] = []
-        try:
-            units = list(
-                _flatten(
-                    parse_document(
-                        data, channel=Channel.AS2.value, filename=raw.filename, facts=dict(raw.transport)
-                    )
-                )
-            )
-        except (GatewayError, ValueError, LookupError, TypeError) as exc:
-            log.info(
-                "outbound %s: not a document the parsers know (%s): recorded as 'other'", message_id, exc
-            )
-            units = []
-        for unit in units:
-            sender_ids = {"as2": self.profiles.as2_id, **{k: v for k, v in unit.sender.items() if v}}
-            record: InteractionRecord | None = None
-            if self.registry is not None:
-                try:
-                    result = self.registry.select(unit, channel=Channel.AS2.value, partner=partner.id).apply(
-                        unit
-                    )
-                    record = InteractionRecord(
-                        id=uuid.uuid4().hex,
-                        sender=sender_ids,
-                        kind=result.kind,
-                        occurred_at=result.occurred_at,
-                        document=result.document,
-                        subject=result.subject,
-                        references={**result.references, "as2_message_id": message_id},
-                        currency=result.currency,
-                        total_amount=result.total_amount,
-                        lines=result.lines,
-                        parties=result.parties,
-                        mapping=result.mapping,
-                        body=result.body,
-                        **base,
-                    )
-                    validate_record(record)
-                except (GatewayError, ValueError, LookupError, TypeError) as exc:
-                    log.info(
-                        "outbound %s: unit %d not mapped (%s): recorded as 'other'",
-                        message_id,
-                        unit.index,
-                        exc,
-                    )
-                    record = None
-            if record is None:
-                record = InteractionRecord(
-                    id=uuid.uuid4().hex,
-                    sender=sender_ids,
-                    kind=Kind.OTHER,
-                    document=DocumentInfo(
-                        standard=unit.standard or None,
-                        type=unit.doc_type or None,
-                        version=unit.version or None,
-                        control_number=unit.control_number or None,
-                    ),
-                    subject=raw.filename,
-                    references={"as2_message_id": message_id},
-                    **base,
-                )
-                validate_record(record)
-            records.append(record)
-        if not records:
-            record = InteractionRecord(
-                id=uuid.uuid4().hex,
-                sender={"as2": self.profiles.as2_id},
-                kind=Kind.OTHER,
-                subject=raw.filename,
-                references={"as2_message_id": message_id},
-                **base,
-            )
-            validate_record(record)
-            records.append(record)
-        return records
+        return outbound_records(
+            raw,
+            data,
+            channel=Channel.AS2.value,
+            partner=PartnerRef(partner.id, partner.name),
+            our_ids={"as2": self.profiles.as2_id},
+            references={"as2_message_id": message_id},
+            registry=self.registry,
+        )
 
     # ---- attempts -------------------------------------------------------------------------
 
