@@ -932,6 +932,15 @@ def _partner_as2(r: _Reader, table: Mapping[str, Any]) -> PartnerAs2:
     return as2
 
 
+def _pkcs12_certificates(path: Path, password: SecretRef | None) -> list[Any]:
+    """The certificate in a PKCS#12 file (then its chain), opened with its password."""
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    secret = password.read().encode() if password is not None else None
+    _key, cert, chain = pkcs12.load_key_and_certificates(path.read_bytes(), secret)
+    return ([cert] if cert is not None else []) + list(chain)
+
+
 def _certificate_expiry(config: Config) -> list[Problem]:
     """Certificates (ours and the partners') that expire within the warning window."""
     window = timedelta(days=config.settings.cert_expiry_warning_days)
@@ -950,8 +959,11 @@ def _certificate_expiry(config: Config) -> list[Problem]:
     problems: list[Problem] = []
     for file, key, path in named:
         try:
-            certs = load_certificates(path) if path.suffix.lower() not in {".p12", ".pfx"} else []
-        except (OSError, ValueError):
+            if path.suffix.lower() in {".p12", ".pfx"}:
+                certs = _pkcs12_certificates(path, ours.key_password if key == "as2.certificate" else None)
+            else:
+                certs = load_certificates(path)
+        except (OSError, ValueError, ConfigError):
             continue  # reported where the setting is read
         for cert in certs[:1]:
             until = cert.not_valid_after_utc

@@ -56,3 +56,29 @@ def test_config_check_reports_as2_problems_and_expiring_certificates(tmp_path: P
     profile.write_text(profile.read_text().replace('"md5", ', ""))
     config, _ = load_config(cfg)
     assert config.partner("demo") is not None
+
+
+def test_expiry_of_our_pkcs12_certificate_is_reported(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("openssl") is None:
+        need_peer("openssl")
+    cfg = copy_config(tmp_path / "config")
+    demo = cfg / "demo"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3", "-subj", "/CN=GATEWAY",
+         "-keyout", str(demo / "p12.key"), "-out", str(demo / "p12.crt")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "pkcs12", "-export", "-inkey", str(demo / "p12.key"), "-in", str(demo / "p12.crt"),
+         "-out", str(demo / "ours.p12"), "-passout", "pass:s3cret"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    monkeypatch.setenv("GW_TEST_P12_PASSWORD", "s3cret")
+    gw = cfg / "gateway.toml"
+    gw.write_text(
+        gw.read_text()
+        .replace('certificate = "demo/gateway.crt"', 'certificate = "demo/ours.p12"')
+        .replace('private_key = "demo/gateway.key"', 'key_password = "env:GW_TEST_P12_PASSWORD"')
+    )
+    _config, problems = load_config(cfg, strict=False)
+    assert any("ours.p12 expires on" in str(p) for p in problems), [str(p) for p in problems]
