@@ -436,19 +436,37 @@ class DropPoller:
             )
             return
         try:
-            data = self._download(session, f)
+            downloaded = self._download(session, f)
         except FileNotFoundError:
             return  # gone meanwhile (taken by someone else)
-        if data is None:
+        if downloaded is None:
             mlog.info("sftp %s: %s changed while downloading; taken once it settles", key, f.name)
             tally.add("waiting")
             return
+        local, sha = downloaded
+        try:
+            self._take_downloaded(session, f, accept, tally, raw_id, local, sha)
+        finally:
+            local.unlink(missing_ok=True)
+
+    def _take_downloaded(
+        self,
+        session: Session,
+        f: RemoteFile,
+        accept: Accept,
+        tally: _Tally,
+        raw_id: str,
+        local: Path,
+        sha: str,
+    ) -> None:
+        key = self.drop.key
+        mlog = for_message(log, raw_id, Channel.SFTP.value, self.drop.partner)
         existing = self.store.get_raw(raw_id)
-        if existing is not None and existing.sha256 != hashlib.sha256(data).hexdigest():
+        if existing is not None and existing.sha256 != sha:
             # Another file with the same path, size and mtime (second resolution) was
             # taken before: this one is new. Its id includes its bytes, so a crash
             # after accepting it is recognised just the same.
-            raw_id = self.envelope_id(f, hashlib.sha256(data).hexdigest())
+            raw_id = self.envelope_id(f, sha)
             mlog = for_message(log, raw_id, Channel.SFTP.value, self.drop.partner)
             existing = self.store.get_raw(raw_id)
         if existing is not None:
@@ -464,7 +482,8 @@ class DropPoller:
             return
         c = self.drop.connection
         envelope = Envelope(
-            raw=data,
+            raw=b"",
+            source=local,
             channel=Channel.SFTP,
             transport={
                 "sftp_host": c.host,
@@ -516,27 +535,37 @@ class DropPoller:
         )
         self._audit("sftp_refused", f"{f.path}: {reason}", raw_id)
 
-    def _download(self, session: Session, f: RemoteFile) -> bytes | None:
-        """The file's bytes, streamed through a temporary file; None if it changed meanwhile."""
+    def _download(self, session: Session, f: RemoteFile) -> tuple[Path, str] | None:
+        """The file streamed into a local temporary file: ``(its path, sha256)``, or None
+        if it changed meanwhile. The caller removes the file."""
         tmp_dir = self.data_dir / "tmp" / "sftp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=tmp_dir, prefix="download-") as out:
-            size = 0
-            with session.sftp.open(f.path, "rb") as remote:
-                if f.size > _CHUNK:
-                    remote.prefetch(f.size)  # pipelined reads (a thread): worth it for large files only
-                while chunk := remote.read(_CHUNK):
-                    size += len(chunk)
-                    if size > f.size or size > self.max_bytes:
-                        return None
-                    out.write(chunk)
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="download-")
+        local = Path(name)
+        digest = hashlib.sha256()
+        ok = False
+        try:
+            with os.fdopen(fd, "wb") as out:
+                size = 0
+                with session.sftp.open(f.path, "rb") as remote:
+                    if f.size > _CHUNK:
+                        remote.prefetch(f.size)  # pipelined reads (a thread): worth it for large files only
+                    while chunk := remote.read(_CHUNK):
+                        size += len(chunk)
+                        if size > f.size or size > self.max_bytes:
+                            return None
+                        digest.update(chunk)
+                        out.write(chunk)
             if size != f.size:
                 return None
             after = session.sftp.stat(f.path)
             if int(after.st_size or 0) != f.size or int(after.st_mtime or 0) != f.mtime:
                 return None
-            out.seek(0)
-            return out.read(self.max_bytes + 1)
+            ok = True
+            return local, digest.hexdigest()
+        finally:
+            if not ok:
+                local.unlink(missing_ok=True)
 
     def _finish(self, session: Session, f: RemoteFile, raw_id: str) -> None:
         """The file is safely in the inbox: delete it, or move it to the archive folder."""

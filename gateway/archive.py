@@ -108,7 +108,13 @@ class Archive:
             raise StoreUnavailable(f"cannot write to the archive at {self.root}: {exc.strerror}") from exc
 
     def put_file(self, source: Path) -> tuple[str, int]:
-        """Store a file by streaming it (large files are never held whole)."""
+        """Store a file by streaming it (large files are never held whole); durable."""
+        digest, size, directory = self.write_file(source)
+        self.sync_dir(directory)
+        return digest, size
+
+    def write_file(self, source: Path) -> tuple[str, int, Path]:
+        """:meth:`write` for a file, streamed: ``(sha256, size, directory to sync)``."""
         digest = hashlib.sha256()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -128,10 +134,9 @@ class Archive:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-            _fsync_dir(target.parent)
         except OSError as exc:
             raise StoreUnavailable(f"cannot write to the archive at {self.root}: {exc.strerror}") from exc
-        return digest.hexdigest(), size
+        return digest.hexdigest(), size, target.parent
 
     def get(self, sha256: str) -> bytes:
         return self.path_for(sha256).read_bytes()

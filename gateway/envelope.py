@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import MappingProxyType
 
 
@@ -44,6 +45,10 @@ class Envelope:
     #: are archived; the inbox row names the original's sha256 in
     #: ``transport["original_sha256"]``.
     original: bytes | None = None
+    #: a file holding the bytes instead of ``raw`` (then empty): streamed into the archive
+    #: so a large file is never held whole in memory on its way in. The caller keeps the
+    #: file until :meth:`~gateway.pipeline.Pipeline.accept` has returned.
+    source: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "transport", _frozen(self.transport))
@@ -53,7 +58,8 @@ class Envelope:
 
     @property
     def size(self) -> int:
-        return len(self.raw) if self.original is None else max(len(self.raw), len(self.original))
+        own = self.source.stat().st_size if self.source is not None else len(self.raw)
+        return own if self.original is None else max(own, len(self.original))
 
     #: transport key an adapter sets when it refused the message on the wire (e.g. an
     #: AS2 signature that does not verify) but keeps it for the record: the pipeline

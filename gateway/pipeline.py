@@ -431,7 +431,10 @@ class Pipeline:
             original_sha, original_dir = self.archive.write(envelope.original)
             dirs.append(original_dir)
             envelope = replace(envelope, transport={**envelope.transport, "original_sha256": original_sha})
-        sha, directory = self.archive.write(envelope.raw)
+        if envelope.source is not None:
+            sha, _size, directory = self.archive.write_file(envelope.source)
+        else:
+            sha, directory = self.archive.write(envelope.raw)
         if directory not in dirs:
             dirs.append(directory)
         self.times.add(Stage.ARCHIVE, time.perf_counter() - start)

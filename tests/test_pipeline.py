@@ -636,3 +636,14 @@ def test_group_commit_on_postgresql(tmp_path: Path, config_dir: Path, postgres_d
             other.close()
     finally:
         pipe.close()
+
+
+def test_a_file_envelope_is_streamed_into_the_archive(pipeline: Pipeline, tmp_path: Path) -> None:
+    source = tmp_path / "big.edi"
+    source.write_bytes(x12_850(icn=61))
+    raw = pipeline.accept(Envelope(raw=b"", source=source, channel=Channel.SFTP, filename="big.edi"))
+    assert raw.size == source.stat().st_size
+    assert pipeline.archive.get(raw.sha256) == source.read_bytes()
+    claimed = pipeline.store.claim_id(raw.id, "test")
+    assert claimed is not None
+    assert pipeline.process(claimed).state == RawState.STORED
