@@ -60,8 +60,10 @@ _BAD_MAIL_FROM = b"501 5.1.7 Bad sender address syntax"
 
 
 def default_workers() -> int:
-    """Threads that run ``accept``: one per core, plus one for the thread in an fsync."""
-    return (os.cpu_count() or 1) + 1
+    """Threads that run ``accept``. Most of an accept is waiting on fsync, and concurrent
+    accepts share one commit (the pipeline's group commit), so more threads than cores
+    let the messages of many connections be committed together."""
+    return max(4, 4 * (os.cpu_count() or 1))
 
 
 class GatewaySMTP(SMTP):
