@@ -45,11 +45,10 @@ import os
 import re
 import socket
 import ssl
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
@@ -57,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters import Accept, Adapter, RunOptions
+from adapters.polling import LeasedPoller, PollStatus, Tally
 from gateway.config import Config, ImapMailbox
 from gateway.envelope import Channel, Envelope
 from gateway.errors import ConfigError, StoreUnavailable, TooLarge
@@ -154,136 +154,38 @@ def _fetch_parts(data: Any) -> Iterator[tuple[bytes, bytes | None]]:
             yield item, None
 
 
-# --- state and status -------------------------------------------------------------------
-
-
-@dataclass
-class MailboxStatus:
-    """What :meth:`ImapAdapter.status` shows for one mailbox."""
-
-    name: str
-    last_run: datetime | None = None
-    last_success: datetime | None = None
-    last_error: str | None = None
-    #: consecutive failed polls; the next one waits until ``next_attempt``
-    failures: int = 0
-    next_attempt: datetime | None = None
-    polls: int = 0
-    #: messages handed to the inbox
-    taken: int = 0
-    #: messages found already in the inbox (a crash before the flag/move, a UIDVALIDITY
-    #: change, the same message twice): only flagged/moved
-    recognised: int = 0
-    #: messages over limits.max_message_bytes, left untouched in the mailbox
-    refused: int = 0
-    #: polls skipped because another node held the lease
-    lease_busy: int = 0
-
-
-@dataclass(frozen=True)
-class PollResult:
-    taken: int = 0
-    recognised: int = 0
-    refused: int = 0
-    error: str | None = None
-    skipped: str | None = None
-
-
-@dataclass
-class _Tally:
-    taken: int = 0
-    recognised: int = 0
-    refused: int = 0
-
-
-class MailboxPoller:
+class MailboxPoller(LeasedPoller):
     """Polls one mailbox. Thread-safe: one poll at a time (a lock, and the lease)."""
 
+    kind = "imap"
+    source = "mailbox"
+    errors = (OSError, imaplib.IMAP4.error, ImapError, StoreUnavailable, ConfigError)
+
     def __init__(self, mailbox: ImapMailbox, store: Store, *, max_bytes: int, holder: str) -> None:
+        super().__init__(
+            name=mailbox.name,
+            store=store,
+            holder=holder,
+            lease=f"imap:{mailbox.name}",
+            lease_seconds=max(300.0, 4 * mailbox.timeout),
+            status=PollStatus(mailbox.name),
+            backoff_base=mailbox.interval,
+            backoff_max=mailbox.backoff_max,
+        )
         self.mailbox = mailbox
-        self.store = store
         self.max_bytes = max_bytes
-        self.holder = holder
-        self.lease = f"imap:{mailbox.name}"
-        self.lease_seconds = max(300.0, 4 * mailbox.timeout)
-        self.status = MailboxStatus(mailbox.name)
-        self.stop_event = threading.Event()
         #: called right after ``accept`` returned, before the flag/move (tests: a crash)
         self.after_accept: Callable[[RawMessage], None] | None = None
-        self._lock = threading.Lock()
         self._caps: set[str] = set()
         self._created: set[str] = set()
 
-    # ---- one poll --------------------------------------------------------------------
+    def _describe(self, exc: BaseException) -> str:
+        return _describe(exc)
 
-    def poll(self, accept: Accept, *, force: bool = False) -> PollResult:
-        """Poll every folder once; ``force`` ignores the back-off. Never raises for
-        connection, TLS, login or store failures: they are recorded and backed off."""
-        with self._lock:
-            now = datetime.now(UTC)
-            st = self.status
-            if not force and st.next_attempt is not None and now < st.next_attempt:
-                return PollResult(skipped=f"backing off until {st.next_attempt:%H:%M:%S}")
-            try:
-                leased = self.store.try_lease(self.lease, self.holder, self.lease_seconds)
-            except StoreUnavailable as exc:
-                return self._failed(exc)
-            if not leased:
-                st.lease_busy += 1
-                log.debug("imap %s: another node holds the lease", self.mailbox.name)
-                return PollResult(skipped="another node is polling this mailbox")
-            st.last_run = now
-            st.polls += 1
-            tally = _Tally()
-            try:
-                self._poll(accept, tally)
-            except (OSError, imaplib.IMAP4.error, ImapError, StoreUnavailable, ConfigError) as exc:
-                return self._failed(exc, tally)
-            finally:
-                with contextlib.suppress(StoreUnavailable):
-                    self.store.release_lease(self.lease, self.holder)
-            if st.failures:
-                log.info("imap %s: polling works again after %d failure(s)", self.mailbox.name, st.failures)
-                self._audit("imap_ok", f"works again after {st.failures} failed poll(s)")
-            st.failures = 0
-            st.next_attempt = None
-            st.last_error = None
-            st.last_success = datetime.now(UTC)
-            if tally.taken or tally.recognised or tally.refused:
-                log.info(
-                    "imap %s: %d taken, %d already in the inbox, %d refused",
-                    self.mailbox.name,
-                    tally.taken,
-                    tally.recognised,
-                    tally.refused,
-                )
-            return PollResult(tally.taken, tally.recognised, tally.refused)
+    def _where(self) -> str:
+        return f"{self.mailbox.user}@{self.mailbox.host}:{self.mailbox.port}"
 
-    def _failed(self, exc: BaseException, tally: _Tally | None = None) -> PollResult:
-        st = self.status
-        reason = _describe(exc)
-        st.failures += 1
-        st.last_error = reason
-        wait = min(self.mailbox.interval * 2 ** (st.failures - 1), self.mailbox.backoff_max)
-        st.next_attempt = datetime.now(UTC) + timedelta(seconds=wait)
-        log.error(
-            "imap %s (%s@%s:%d): %s; next attempt in %.0fs",
-            self.mailbox.name,
-            self.mailbox.user,
-            self.mailbox.host,
-            self.mailbox.port,
-            reason,
-            wait,
-        )
-        with contextlib.suppress(StoreUnavailable):
-            self._audit("imap_error", reason)
-        t = tally or _Tally()
-        return PollResult(t.taken, t.recognised, t.refused, error=reason)
-
-    def _audit(self, event: str, detail: str, subject: str | None = None) -> None:
-        self.store.audit(event, subject or self.lease, detail)
-
-    def _poll(self, accept: Accept, tally: _Tally) -> None:
+    def _poll(self, accept: Accept, tally: Tally) -> None:
         conn = self._connect()
         try:
             for folder in self.mailbox.folders:
@@ -293,15 +195,6 @@ class MailboxPoller:
         finally:
             with contextlib.suppress(OSError, imaplib.IMAP4.error):
                 conn.logout()
-
-    def run_scheduled(self, accept: Accept) -> None:
-        """The scheduler's job: :meth:`poll`, with anything unexpected recorded too."""
-        try:
-            self.poll(accept)
-        except Exception as exc:  # a bug must not stop the schedule; it is recorded
-            log.exception("imap %s: poll failed unexpectedly", self.mailbox.name)
-            with self._lock:
-                self._failed(exc)
 
     # ---- connection ------------------------------------------------------------------
 
@@ -362,7 +255,7 @@ class MailboxPoller:
         detail = json.dumps({"uidvalidity": uidvalidity, "last_uid": last_uid, "folder": folder})
         self.store.audit(_STATE_EVENT, self._state_subject(folder), detail)
 
-    def _poll_folder(self, conn: imaplib.IMAP4, folder: str, accept: Accept, tally: _Tally) -> None:
+    def _poll_folder(self, conn: imaplib.IMAP4, folder: str, accept: Accept, tally: Tally) -> None:
         name = self.mailbox.name
         _ok(conn.select(encode_folder(folder)), f"SELECT {folder}")
         _, values = conn.response("UIDVALIDITY")
@@ -423,7 +316,7 @@ class MailboxPoller:
         return None
 
     def _take(
-        self, conn: imaplib.IMAP4, folder: str, uidvalidity: int, uid: int, accept: Accept, tally: _Tally
+        self, conn: imaplib.IMAP4, folder: str, uidvalidity: int, uid: int, accept: Accept, tally: Tally
     ) -> None:
         name = self.mailbox.name
         raw_id = self.envelope_id(folder, uidvalidity, uid)
@@ -452,7 +345,6 @@ class MailboxPoller:
             self._finish(conn, folder, uid)
             self._audit("imap_recovered", f"{folder} uid {uid}: already accepted, now finished", raw_id)
             tally.recognised += 1
-            self.status.recognised += 1
             return
         key = self._key("mid", f"{message_id}\0{sender or ''}") if message_id else None
         known = self._known(key) if key else None
@@ -467,7 +359,6 @@ class MailboxPoller:
             )
             self._audit("imap_refused", f"{folder} uid {uid}: {size} bytes over the limit", raw_id)
             tally.refused += 1
-            self.status.refused += 1
             return
         raw = b""
         if known is None:
@@ -482,7 +373,6 @@ class MailboxPoller:
             self._finish(conn, folder, uid)
             self._audit("imap_recognised", f"{folder} uid {uid}: same as raw {known}", known)
             tally.recognised += 1
-            self.status.recognised += 1
             return
         assert key is not None
         self.store.audit(_TAKING_EVENT, key, raw_id)
@@ -509,7 +399,6 @@ class MailboxPoller:
             mlog.error("imap %s/%s uid %d: refused, left in the mailbox: %s", name, folder, uid, exc.message)
             self._audit("imap_refused", f"{folder} uid {uid}: {exc.message}", raw_id)
             tally.refused += 1
-            self.status.refused += 1
             return
         except ValueError:
             # An inbox row with this id and other bytes: the server reused a UID within
@@ -530,7 +419,6 @@ class MailboxPoller:
             "moved" if self.mailbox.move_to else "marked seen",
         )
         tally.taken += 1
-        self.status.taken += 1
 
     def _fetch_body(self, conn: imaplib.IMAP4, uid: int) -> bytes:
         data = _ok(conn.uid("FETCH", str(uid), "(BODY.PEEK[])"), f"FETCH {uid}")
@@ -681,10 +569,10 @@ class ImapAdapter:
         if self._own_store is not None:
             self._own_store.close()
 
-    def status(self) -> dict[str, MailboxStatus]:
+    def status(self) -> dict[str, PollStatus]:
         """Per mailbox: last run, last success, last error, back-off and counts (copies)."""
         return {name: replace(p.status) for name, p in self._pollers.items()} or {
-            m.name: MailboxStatus(m.name) for m in self.mailboxes
+            m.name: PollStatus(m.name) for m in self.mailboxes
         }
 
 

@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from typing import Any
 import paramiko
 
 from adapters import Accept, Adapter, RunOptions
+from adapters.polling import LeasedPoller, PollStatus, Tally
 from gateway.config import Config, SftpDeliver, SftpDrop
 from gateway.envelope import Channel, Envelope
 from gateway.errors import ConfigError, GatewayError, StoreUnavailable, TooLarge
@@ -87,93 +88,26 @@ def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def _parse_iso(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) and value else None
 
 
-# --- status -------------------------------------------------------------------------------
-
-
-@dataclass
-class DropStatus:
-    """What ``gateway drops`` shows for one drop."""
-
-    drop: str
-    last_run: datetime | None = None
-    last_success: datetime | None = None
-    last_error: str | None = None
-    #: consecutive failed polls; the next one waits until ``next_attempt``
-    failures: int = 0
-    next_attempt: datetime | None = None
-    polls: int = 0
-    #: files handed to the inbox (and then removed or moved)
-    taken: int = 0
-    #: files found already in the inbox (a crash before the removal): only removed
-    recognised: int = 0
-    #: files over limits.max_message_bytes, left in place
-    refused: int = 0
-    #: polls skipped because another node held the lease
-    lease_busy: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        for key in ("last_run", "last_success", "next_attempt"):
-            data[key] = _iso(getattr(self, key))
-        return data
-
-    @classmethod
-    def from_json(cls, drop: str, data: dict[str, Any]) -> DropStatus:
-        st = cls(drop)
-        for key in ("last_run", "last_success", "next_attempt"):
-            setattr(st, key, _parse_iso(data.get(key)))
-        st.last_error = data.get("last_error") or None
-        for key in ("failures", "polls", "taken", "recognised", "refused", "lease_busy"):
-            value = data.get(key)
-            setattr(st, key, int(value) if isinstance(value, int) else 0)
-        return st
+# --- status ---------------------------------------------------------------------------------
 
 
 def status_subject(drop: SftpDrop | str) -> str:
     return f"sftp:{drop.key if isinstance(drop, SftpDrop) else drop}"
 
 
-def load_status(store: Store, drop: SftpDrop) -> DropStatus:
+def load_status(store: Store, drop: SftpDrop) -> PollStatus:
     """The drop's last recorded status (an ``sftp_drop_status`` audit event), or a blank one."""
     for entry in store.list_audit(subject=status_subject(drop), limit=20):
         if entry.event == _STATUS_EVENT:
             try:
-                return DropStatus.from_json(drop.key, json.loads(entry.detail))
+                return PollStatus.from_json(drop.key, json.loads(entry.detail))
             except (ValueError, TypeError):
                 break
-    return DropStatus(drop.key)
-
-
-@dataclass(frozen=True)
-class PollResult:
-    taken: int = 0
-    recognised: int = 0
-    refused: int = 0
-    #: complete files seen but not taken yet (still settling)
-    waiting: int = 0
-    error: str | None = None
-    skipped: str | None = None
-
-
-@dataclass
-class _Tally:
-    taken: int = 0
-    recognised: int = 0
-    refused: int = 0
-    waiting: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, what: str) -> None:
-        with self.lock:
-            setattr(self, what, getattr(self, what) + 1)
+    return PollStatus(drop.key)
 
 
 @dataclass(frozen=True)
@@ -187,8 +121,12 @@ class RemoteFile:
 # --- one drop ------------------------------------------------------------------------------
 
 
-class DropPoller:
+class DropPoller(LeasedPoller):
     """Polls one drop. Thread-safe: one poll at a time (a lock, and the store lease)."""
+
+    kind = "sftp"
+    source = "drop"
+    errors = POLL_ERRORS
 
     def __init__(
         self,
@@ -201,116 +139,45 @@ class DropPoller:
         sessions: int = 1,
         record_status: bool = True,
     ) -> None:
+        status = load_status(store, drop) if record_status else PollStatus(drop.key)
+        status.next_attempt = None  # a new process may try at once
+        super().__init__(
+            name=drop.key,
+            store=store,
+            holder=holder,
+            lease=f"sftp:{drop.key}",
+            lease_seconds=max(300.0, 4 * drop.connection.timeout),
+            status=status,
+            backoff_base=drop.interval if drop.cron is None else 60.0,
+            backoff_max=drop.backoff_max,
+        )
         self.drop = drop
-        self.store = store
         self.data_dir = data_dir
         self.max_bytes = max_bytes
-        self.holder = holder
         #: SFTP sessions that download one poll's files in parallel
         self.sessions = max(1, sessions)
         self.record_status = record_status
-        self.lease = f"sftp:{drop.key}"
-        self.lease_seconds = max(300.0, 4 * drop.connection.timeout)
-        self.status = load_status(store, drop) if record_status else DropStatus(drop.key)
-        self.status.next_attempt = None  # a new process may try at once
-        self.stop_event = threading.Event()
         #: called right after ``accept`` returned, before the removal (tests: a crash)
         self.after_accept: Callable[[RawMessage], None] | None = None
         #: called once a file is in the inbox and removed or moved remotely
         self.on_done: Callable[[RawMessage, RemoteFile], None] | None = None
-        self._lock = threading.Lock()
         #: name -> ((size, mtime), monotonic time first seen so)
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}
         self._refused_logged: set[str] = set()
         self._made_dirs: set[str] = set()
 
-    # ---- one poll ----------------------------------------------------------------------
+    def _describe(self, exc: BaseException) -> str:
+        return describe_error(exc)
 
-    def poll(self, accept: Accept, *, force: bool = False) -> PollResult:
-        """Poll once; ``force`` ignores the back-off. Never raises for connection, host key,
-        login or store failures: they are recorded and backed off."""
-        with self._lock:
-            now = datetime.now(UTC)
-            st = self.status
-            if not force and st.next_attempt is not None and now < st.next_attempt:
-                return PollResult(skipped=f"backing off until {st.next_attempt:%H:%M:%S}")
-            try:
-                leased = self.store.try_lease(self.lease, self.holder, self.lease_seconds)
-            except StoreUnavailable as exc:
-                return self._failed(exc)
-            if not leased:
-                st.lease_busy += 1
-                log.debug("sftp %s: another node holds the lease", self.drop.key)
-                return PollResult(skipped="another node is polling this drop")
-            st.last_run = now
-            st.polls += 1
-            tally = _Tally()
-            try:
-                self._poll(accept, tally)
-            except POLL_ERRORS as exc:
-                return self._failed(exc, tally)
-            finally:
-                with contextlib.suppress(StoreUnavailable):
-                    self.store.release_lease(self.lease, self.holder)
-            if st.failures:
-                log.info("sftp %s: polling works again after %d failure(s)", self.drop.key, st.failures)
-                self._audit("sftp_ok", f"works again after {st.failures} failed poll(s)")
-            st.failures = 0
-            st.next_attempt = None
-            st.last_error = None
-            st.last_success = datetime.now(UTC)
-            self._save_status()
-            if tally.taken or tally.recognised or tally.refused:
-                log.info(
-                    "sftp %s: %d taken, %d already in the inbox, %d refused",
-                    self.drop.key,
-                    tally.taken,
-                    tally.recognised,
-                    tally.refused,
-                )
-            return PollResult(tally.taken, tally.recognised, tally.refused, tally.waiting)
-
-    def _failed(self, exc: BaseException, tally: _Tally | None = None) -> PollResult:
-        st = self.status
-        reason = describe_error(exc)
-        st.failures += 1
-        st.last_error = reason
-        base = self.drop.interval if self.drop.cron is None else 60.0
-        wait = min(base * 2 ** (st.failures - 1), self.drop.backoff_max)
-        st.next_attempt = datetime.now(UTC) + timedelta(seconds=wait)
+    def _where(self) -> str:
         c = self.drop.connection
-        log.error(
-            "sftp %s (%s@%s:%d): %s; next attempt in %.0fs",
-            self.drop.key,
-            c.user,
-            c.host,
-            c.port,
-            reason,
-            wait,
-        )
-        with contextlib.suppress(StoreUnavailable):
-            self._audit("sftp_error", reason)
-            self._save_status()
-        t = tally or _Tally()
-        return PollResult(t.taken, t.recognised, t.refused, t.waiting, error=reason)
+        return f"{c.user}@{c.host}:{c.port}"
 
-    def _audit(self, event: str, detail: str, subject: str | None = None) -> None:
-        self.store.audit(event, subject or self.lease, detail)
-
-    def _save_status(self) -> None:
+    def _status_changed(self) -> None:
         if self.record_status:
             self.store.audit(_STATUS_EVENT, status_subject(self.drop), json.dumps(self.status.to_json()))
 
-    def run_scheduled(self, accept: Accept) -> None:
-        """The scheduler's job: :meth:`poll`, with anything unexpected recorded too."""
-        try:
-            self.poll(accept)
-        except Exception as exc:  # a bug must not stop the schedule; it is recorded
-            log.exception("sftp %s: poll failed unexpectedly", self.drop.key)
-            with self._lock:
-                self._failed(exc)
-
-    def _poll(self, accept: Accept, tally: _Tally) -> None:
+    def _poll(self, accept: Accept, tally: Tally) -> None:
         first = open_session(self.drop.connection)
         extra: list[Session] = []
         try:
@@ -383,7 +250,7 @@ class DropPoller:
             )
         return out, names
 
-    def _ready(self, session: Session, tally: _Tally) -> list[RemoteFile]:
+    def _ready(self, session: Session, tally: Tally) -> list[RemoteFile]:
         files, names = self._list(session)
         if self.drop.marker is not None:
             marker = self.drop.marker
@@ -426,7 +293,7 @@ class DropPoller:
             parts.append(sha256)
         return uuid.uuid5(_ID_NAMESPACE, "\0".join(parts)).hex
 
-    def _take(self, session: Session, f: RemoteFile, accept: Accept, tally: _Tally) -> None:
+    def _take(self, session: Session, f: RemoteFile, accept: Accept, tally: Tally) -> None:
         key = self.drop.key
         raw_id = self.envelope_id(f)
         mlog = for_message(log, raw_id, Channel.SFTP.value, self.drop.partner)
@@ -454,7 +321,7 @@ class DropPoller:
         session: Session,
         f: RemoteFile,
         accept: Accept,
-        tally: _Tally,
+        tally: Tally,
         raw_id: str,
         local: Path,
         sha: str,
@@ -476,7 +343,6 @@ class DropPoller:
             self._finish(session, f, raw_id)
             self._audit("sftp_recovered", f"{f.path}: already accepted, now removed", raw_id)
             tally.add("recognised")
-            self.status.recognised += 1
             if self.on_done is not None:
                 self.on_done(existing, f)
             return
@@ -520,16 +386,14 @@ class DropPoller:
             "moved" if self.drop.move_to else "deleted",
         )
         tally.add("taken")
-        self.status.taken += 1
         if self.on_done is not None:
             self.on_done(accepted, f)
 
-    def _refuse(self, f: RemoteFile, raw_id: str, reason: str, tally: _Tally) -> None:
+    def _refuse(self, f: RemoteFile, raw_id: str, reason: str, tally: Tally) -> None:
         tally.add("refused")
         if raw_id in self._refused_logged:
             return
         self._refused_logged.add(raw_id)
-        self.status.refused += 1
         for_message(log, raw_id, Channel.SFTP.value, self.drop.partner).error(
             "sftp %s: %s refused, left in place: %s", self.drop.key, f.name, reason
         )
@@ -914,9 +778,9 @@ class SftpPollAdapter:
         if self._own_store is not None:
             self._own_store.close()
 
-    def status(self) -> dict[str, DropStatus]:
+    def status(self) -> dict[str, PollStatus]:
         return {k: replace(p.status) for k, p in self._pollers.items()} or {
-            d.key: DropStatus(d.key) for d in self.drops
+            d.key: PollStatus(d.key) for d in self.drops
         }
 
 

@@ -756,7 +756,7 @@ def cmd_drops(args: argparse.Namespace) -> int:
                         "user": c.user,
                         "folder": drop.folder,
                         "schedule": f"cron {drop.cron}" if drop.cron else f"every {drop.interval:g}s",
-                        **{k: v for k, v in st.to_json().items() if k != "drop"},
+                        **{k: v for k, v in st.to_json().items() if k != "name"},
                     }
                 )
                 continue

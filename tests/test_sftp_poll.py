@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.sftp_poll import DropPoller, PollResult, RemoteFile, SftpDeliverer, SftpPollAdapter, load_status
+from adapters.polling import PollResult
+from adapters.sftp_poll import DropPoller, RemoteFile, SftpDeliverer, SftpPollAdapter, load_status
 from gateway.config import load_config
 from gateway.pipeline import Pipeline
 from gateway.store import RawState
