@@ -475,6 +475,24 @@ class _Reader:
             if key not in allowed:
                 self.problem(f"{prefix}{key}", f"unknown setting (known: {', '.join(sorted(allowed))})")
 
+    def cron(self, table: Mapping[str, Any], prefix: str) -> str | None:
+        """A schedule's ``cron`` line, checked; ``interval`` and ``cron`` exclude each other."""
+        cron = self.get(table, "cron", str, "", prefix) or None
+        if cron is None:
+            return None
+        if "interval" in table:
+            self.problem(prefix + "cron", "set interval or cron, not both")
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(cron)
+        except ValueError as exc:
+            self.problem(
+                prefix + "cron", f"{cron!r} is not a crontab line (minute hour day month weekday): {exc}"
+            )
+            return None
+        return cron
+
     def secret(self, table: Mapping[str, Any], key: str, prefix: str = "") -> SecretRef | None:
         raw = self.get(table, key, str, "", prefix)
         if not raw:
@@ -1173,19 +1191,7 @@ def _imap_mailbox(r: _Reader, table: Mapping[str, Any]) -> ImapMailbox | None:
         after = "seen"
     elif after.startswith("move:") and after[5:] in folders_value:
         r.problem(prefix + "after", f"{after!r}: the processed folder cannot be one of the polled folders")
-    cron = r.get(table, "cron", str, "", prefix) or None
-    if cron is not None:
-        if "interval" in table:
-            r.problem(prefix + "cron", "set interval or cron, not both")
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            CronTrigger.from_crontab(cron)
-        except ValueError as exc:
-            r.problem(
-                prefix + "cron", f"{cron!r} is not a crontab line (minute hour day month weekday): {exc}"
-            )
-            cron = None
+    cron = r.cron(table, prefix)
     if not ok or password is None:
         return None
     return ImapMailbox(
@@ -1350,19 +1356,7 @@ def _sftp_drop(r: _Reader, table: Mapping[str, Any], partner_id: str) -> SftpDro
     if marker is not None and not marker.startswith("."):
         r.problem(prefix + "marker", f'{marker!r}: a suffix such as ".ok" or ".done"')
         marker = None
-    cron = r.get(table, "cron", str, "", prefix) or None
-    if cron is not None:
-        if "interval" in table:
-            r.problem(prefix + "cron", "set interval or cron, not both")
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            CronTrigger.from_crontab(cron)
-        except ValueError as exc:
-            r.problem(
-                prefix + "cron", f"{cron!r} is not a crontab line (minute hour day month weekday): {exc}"
-            )
-            cron = None
+    cron = r.cron(table, prefix)
     if not ok or conn is None:
         return None
     return SftpDrop(
