@@ -52,6 +52,7 @@ import paramiko
 
 from adapters import Accept, Adapter, RunOptions
 from adapters.polling import LeasedPoller, PollStatus, Tally
+from gateway.archive import write_atomically
 from gateway.config import Config, SftpDeliver, SftpDrop
 from gateway.envelope import Channel, Envelope
 from gateway.errors import ConfigError, GatewayError, StoreUnavailable, TooLarge
@@ -555,7 +556,7 @@ class SftpDeliverer:
         except POLL_ERRORS as exc:
             reason = describe_error(exc)
             self.outbox.mkdir(parents=True, exist_ok=True)
-            _write_atomically(self.outbox / f"{delivery_id}.data", data)
+            write_atomically(self.outbox / f"{delivery_id}.data", data)
             state = {
                 "id": delivery_id,
                 "partner": partner_id,
@@ -565,7 +566,7 @@ class SftpDeliverer:
                 "error": reason,
                 "next_at": (datetime.now(UTC) + timedelta(seconds=60)).isoformat(),
             }
-            _write_atomically(self.outbox / f"{delivery_id}.json", json.dumps(state).encode())
+            write_atomically(self.outbox / f"{delivery_id}.json", json.dumps(state).encode())
             log.warning("sftp deliver %s to %s: %s; retried in 60s", name, partner_id, reason)
             self.store.audit(
                 "sftp_deliver_pending", f"sftp-deliver:{partner_id}", f"{delivery_id} {name}: {reason}"
@@ -624,7 +625,7 @@ class SftpDeliverer:
                 state["failed"] = True
                 self.store.audit("sftp_deliver_failed", f"sftp-deliver:{partner}", f"{did} {name}: {reason}")
                 log.error("sftp deliver %s to %s: given up: %s", name, partner, reason)
-            _write_atomically(meta, json.dumps(state).encode())
+            write_atomically(meta, json.dumps(state).encode())
             return Delivery(
                 did,
                 partner,
@@ -640,19 +641,6 @@ class SftpDeliverer:
         meta.unlink(missing_ok=True)
         blob.unlink(missing_ok=True)
         return Delivery(did, partner, name, "delivered", attempts, path=path)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- the adapter ------------------------------------------------------------------------------
