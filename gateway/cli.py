@@ -153,15 +153,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 if args.channel
                 else (Channel.EMAIL if path.suffix.lower() == ".eml" else Channel.FILE)
             )
-            limit = pipeline.config.settings.limits.max_message_bytes
-            size = path.stat().st_size
-            if size > limit:
-                # Refused before reading: a huge file must not be loaded just to be turned away.
-                reason = f"{size} bytes exceeds limits.max_message_bytes ({limit})"
-                if args.json:
-                    _emit({"refused": {"reason": reason}, "file": str(path)})
-                else:
-                    print(f"{path}: refused: {reason}")
+            if _refused_as_too_large(path, pipeline.config, args.json):
                 rejected += 1
                 progress.step()
                 continue
@@ -181,6 +173,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         progress.close()
         pipeline.close()
     return EXIT_REJECTED if rejected else EXIT_OK
+
+
+def _refused_as_too_large(path: Path, config: Config, as_json: bool) -> bool:
+    """Refuse a file over the size limit before reading it (and say so)."""
+    limit = config.settings.limits.max_message_bytes
+    size = path.stat().st_size
+    if size <= limit:
+        return False
+    reason = f"{size} bytes exceeds limits.max_message_bytes ({limit})"
+    if as_json:
+        _emit({"refused": {"reason": reason}, "file": str(path)})
+    else:
+        print(f"{path}: refused: {reason}")
+    return True
 
 
 def _report(result: Any, path: Path | None, as_json: bool) -> int:
@@ -426,16 +432,9 @@ def _send_sftp(args: argparse.Namespace, pipeline: Any, paths: list[Path]) -> in
         raise UsageError(str(exc)) from None
     profile = pipeline.config.partner(args.partner)
     partner = PartnerRef(profile.id, profile.name)
-    limit = pipeline.config.settings.limits.max_message_bytes
     failed = 0
     for path in paths:
-        size = path.stat().st_size
-        if size > limit:
-            reason = f"{size} bytes exceeds limits.max_message_bytes ({limit})"
-            if args.json:
-                _emit({"refused": {"reason": reason}, "file": str(path)})
-            else:
-                print(f"{path}: refused: {reason}")
+        if _refused_as_too_large(path, pipeline.config, args.json):
             failed += 1
             continue
         data = path.read_bytes()
