@@ -30,8 +30,6 @@ from gateway.logs import for_message
 from gateway.mapping import MappingRegistry, MappingResult
 from gateway.parsers.base import DocumentUnit
 from gateway.parsers.detect import ParseOptions, parse_document
-from gateway.parsers.emaildoc import attachment_errors
-from gateway.parsers.faxdoc import fax_json
 from gateway.partners import PartnerDirectory
 from gateway.record import (
     Attachment,
@@ -630,8 +628,7 @@ class Pipeline:
                     ids_by_unit.clear()  # only the current top-level unit's family is linked
                 stage = Stage.MAP
                 item = self._record_for(raw, unit, parent, ids_by_unit)
-                if unit.standard in {"EMAIL", "FAX"}:
-                    broken_attachments.extend(f"{n}: {r}" for n, r in attachment_errors(unit.tree))
+                broken_attachments.extend(f"{n}: {r}" for n, r in unit.problems)
                 times.units += 1
                 produced += 1
                 stage = Stage.PARSE
@@ -678,10 +675,8 @@ class Pipeline:
         references = dict(result.references)
         if parent is not None and id(parent) in ids_by_unit:
             references.setdefault("in_message", ids_by_unit[id(parent)])
-        if unit.standard in {"EMAIL", "FAX"}:
-            broken = attachment_errors(unit.tree)
-            if broken:
-                references["attachment_errors"] = "; ".join(f"{n}: {r}" for n, r in broken)[:2000]
+        if unit.problems:
+            references["attachment_errors"] = "; ".join(f"{n}: {r}" for n, r in unit.problems)[:2000]
         record = result.to_record(
             id=uuid.uuid4().hex,
             channel=raw.channel,
@@ -701,9 +696,8 @@ class Pipeline:
                 for a in unit.attachments
             ),
         )
-        fax = fax_json(unit.tree) if unit.standard == "FAX" else None
-        if fax is not None:
-            record = replace(record, extra={**record.extra, "fax": fax})
+        if unit.extra:
+            record = replace(record, extra={**record.extra, **unit.extra})
         ids_by_unit[id(unit)] = record.id
         t0 = time.perf_counter()
         validate_record(record)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from lxml import etree
 
@@ -47,6 +47,12 @@ class DocumentUnit:
     children: tuple[DocumentUnit, ...] = ()
     #: attachments to record: dicts with filename, media_type, size, sha256
     attachments: tuple[Mapping[str, str | int], ...] = ()
+    #: parts that failed inside this unit without failing it (an e-mail attachment
+    #: named as an order that does not parse): ``(what, reason)``; the pipeline puts
+    #: them on the record (``references.attachment_errors``) and in the audit log
+    problems: tuple[tuple[str, str], ...] = ()
+    #: channel-specific objects for the record's JSON form (``{"fax": {...}}``)
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Parser(Protocol):

@@ -62,6 +62,7 @@ import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from email.parser import BytesParser
+from typing import Any
 
 import lxml.html
 from lxml import etree
@@ -69,7 +70,7 @@ from lxml import etree
 from gateway.errors import InputError, ParseError, Position, Stage, TooLarge
 from gateway.fax_rules import DEFAULT_COUNTRY, FaxDocument, FaxMatch, FaxRule, match_notice, to_e164
 from gateway.parsers.base import DocumentUnit
-from gateway.parsers.faxdoc import FaxFacts, build_fax, is_tiff, tiff_page_count
+from gateway.parsers.faxdoc import FaxFacts, build_fax, fax_json, is_tiff, tiff_page_count
 from gateway.parsers.textdoc import (
     MAX_TEXT_CHARS,
     add_pdf_info,
@@ -265,6 +266,11 @@ def conversation_root(message_id: str, in_reply_to: str, references: str) -> str
     return ids[0] if ids else (in_reply_to or message_id)
 
 
+def _fax_extra(tree: etree._Element) -> dict[str, Any]:
+    fax = fax_json(tree)
+    return {} if fax is None else {"fax": fax}
+
+
 def attachment_errors(tree: etree._Element) -> list[tuple[str, str]]:
     """(filename or media type, reason) of every attachment that looked like a business
     document but did not parse."""
@@ -407,6 +413,7 @@ class EmailParser:
             index=1,
             children=children,
             attachments=tuple(walk.attachments),
+            problems=tuple(attachment_errors(root)),
         )
 
     def _fax(
@@ -456,6 +463,8 @@ class EmailParser:
             index=1,
             children=children,
             attachments=tuple(walk.attachments),
+            problems=tuple(attachment_errors(tree)),
+            extra=_fax_extra(tree),
         )
 
     def _check_shape(self, msg: email.message.Message) -> None:

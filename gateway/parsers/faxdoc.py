@@ -213,9 +213,11 @@ class FaxParser:
             provider=_fact(self.facts, "provider", "fax_provider"),
         )
         fax = build_fax(data, facts, filename=self.filename)
+        fax_object = fax_json(fax)
         yield DocumentUnit(
             standard=self.standard,
             doc_type="fax",
             tree=fax,
             sender={"fax": caller} if caller else {},
+            extra={} if fax_object is None else {"fax": fax_object},
         )
