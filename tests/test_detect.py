@@ -12,11 +12,11 @@ from lxml import etree
 from gateway.envelope import Channel
 from gateway.errors import UnknownFormat
 from gateway.parsers.detect import detect, detect_attachment, is_edifact, is_x12, parse_document
-from tests.conftest import CORPUS, need_peer
+from tests.conftest import corpus_files, need_peer
 
-X12_FILES = sorted(p for p in (CORPUS / "x12").glob("*.edi") if p.name != "INVALID_edinet_not_edi.edi")
-EDIFACT_FILES = sorted((CORPUS / "edifact").glob("*.edi"))
-EMAIL_FILES = sorted((CORPUS / "email").glob("*.eml")) + sorted((CORPUS / "fax").glob("*.eml"))
+X12_FILES = [p for p in corpus_files("x12/*.edi") if p.name != "INVALID_edinet_not_edi.edi"]
+EDIFACT_FILES = corpus_files("edifact/*.edi")
+EMAIL_FILES = corpus_files("email/*.eml", "fax/*.eml")
 
 
 def find(node: etree._Element, path: str) -> etree._Element:

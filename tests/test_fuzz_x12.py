@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import ParseError
 from gateway.parsers.x12 import X12Parser
 
-from .conftest import CORPUS
+from .conftest import CORPUS, need_peer
 
 PARSER = X12Parser()
 SAMPLES = sorted(CORPUS.glob("x12/*.edi")) if CORPUS.is_dir() else []
@@ -46,7 +45,7 @@ SPECIAL = st.sampled_from(
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
     if not SAMPLES:
-        pytest.skip("corpus not available")
+        need_peer(f"the shared corpus at {CORPUS}")
     path = draw(st.sampled_from(SAMPLES))
     data = bytearray(path.read_bytes())
     for _ in range(draw(st.integers(1, 6))):

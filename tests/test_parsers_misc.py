@@ -21,9 +21,9 @@ from gateway.parsers.emaildoc import EmailParser, html_to_text
 from gateway.parsers.faxdoc import FaxParser, tiff_page_count
 from gateway.parsers.textdoc import PdfParser, TextParser
 from gateway.parsers.xmldoc import XmlParser
-from tests.conftest import CORPUS, need_peer
+from tests.conftest import corpus_files, need_peer
 
-EMAILS = sorted((CORPUS / "email").glob("*.eml")) + sorted((CORPUS / "fax").glob("*.eml"))
+EMAILS = corpus_files("email/*.eml", "fax/*.eml")
 
 
 def find(node: etree._Element, path: str) -> etree._Element:
